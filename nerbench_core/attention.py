@@ -1,0 +1,57 @@
+"""Attention mode for decoders: the causal mask removed in all layers, or in the last k.
+
+Follows LS-unLLaMA (Li et al., 2023) and Dukic & Snajder (2024): a decoder that sees the words to its
+right tags them better. Done with transformers' own machinery rather than copied model code:
+
+* each unmasked layer's attention module gets ``is_causal = False`` (the flag SDPA and flash attention read);
+* a pre-hook on the backbone keeps the 2-D padding mask of the current batch, and a pre-hook on each
+  unmasked layer replaces the causal mask it is handed by ``masking_utils.create_bidirectional_mask``
+  built from that padding mask, for whichever attention implementation the model uses.
+
+Hooks are not saved with a checkpoint; :func:`apply` is called again from the spec when a model is reloaded.
+"""
+from __future__ import annotations
+
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+
+def decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """The backbone (Qwen2Model, LlamaModel, ...) and its list of decoder layers, through any wrappers."""
+    for module in model.modules():
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList) and hasattr(module, "config") and len(layers) > 0:
+            return module, layers
+    raise ValueError(f"{type(model).__name__}: no decoder layers found (expected a `.layers` ModuleList)")
+
+
+def apply(model: nn.Module, mode: str, last_k: int | None = None) -> int:
+    """Set the attention mode; returns how many layers attend in both directions."""
+    if mode == "causal":
+        return 0
+    if mode != "bidirectional":
+        raise ValueError(f"attention mode {mode!r}: expected 'causal' or 'bidirectional'")
+    backbone, layers = decoder_layers(model)
+    n = len(layers) if last_k is None else last_k
+    if not 0 < n <= len(layers):
+        raise ValueError(f"bidirectional_layers={last_k}: the model has {len(layers)} layers")
+    state: dict = {}
+
+    def keep_padding_mask(_module, args, kwargs):
+        state["padding"] = kwargs.get("attention_mask")
+
+    def unmask(layer_module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        kwargs["attention_mask"] = create_bidirectional_mask(
+            config=backbone.config, inputs_embeds=hidden, attention_mask=state.get("padding")
+        )
+        return args, kwargs
+
+    backbone.register_forward_pre_hook(keep_padding_mask, with_kwargs=True)
+    for layer in list(layers)[len(layers) - n:]:
+        attn = getattr(layer, "self_attn", None)
+        if attn is None or not hasattr(attn, "is_causal"):
+            raise ValueError(f"{type(layer).__name__}: no self_attn.is_causal to switch off")
+        attn.is_causal = False
+        layer.register_forward_pre_hook(unmask, with_kwargs=True)
+    return n

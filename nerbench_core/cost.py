@@ -1,0 +1,91 @@
+"""What a case cost: peak memory, FLOPs per token and model FLOPs utilization (MFU).
+
+FLOPs per trained token (PaLM appendix B convention): ``k * N + 12 * L * d * T`` where N is the number of
+non-embedding parameters, k = 6 for a full fine-tune (forward 2N, backward 4N) and k = 4 for LoRA on frozen
+weights (no weight gradients for the frozen matrices), L layers, d hidden size and T the mean sequence
+length (attention scores and the weighted sum, forward and backward). MFU is achieved FLOP/s over the
+GPU's dense bf16 peak from :data:`GPU_PEAK_BF16_TFLOPS` (override with ``--gpu-peak-tflops``).
+"""
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+from torch import nn
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, in TFLOP/s; matched by substring
+# of the device name, first match wins (so "H100 PCIe" precedes "H100").
+GPU_PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "L4": 121.0,
+    "A6000": 155.0,
+    "A10": 125.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
+
+
+def gpu_info() -> dict | None:
+    if not torch.cuda.is_available():
+        return None
+    i = torch.cuda.current_device()
+    p = torch.cuda.get_device_properties(i)
+    return {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "count": torch.cuda.device_count(),
+            "capability": f"{p.major}.{p.minor}"}
+
+
+def gpu_peak_flops(name: str | None, override_tflops: float | None = None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    if not name:
+        return None
+    for key, tflops in GPU_PEAK_BF16_TFLOPS.items():
+        if key.lower() in name.lower():
+            return tflops * 1e12
+    return None
+
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict:
+    """GPU peaks since the last reset; on CPU the process's peak RSS (a lifetime high-water mark)."""
+    if torch.cuda.is_available():
+        return {"peak_gpu_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_gib": rss / (2**30 if sys.platform == "darwin" else 2**20)}  # bytes on macOS, KiB on Linux
+
+
+def non_embedding_parameters(model: nn.Module) -> int:
+    from .modeling import count_parameters
+
+    total, _ = count_parameters(model)
+    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+    return total - emb
+
+
+def flops_per_token(n_params: int, method: str, layers: int, hidden: int, mean_length: float) -> float:
+    k = 6 if method == "full" else 4
+    return k * n_params + 12 * layers * hidden * mean_length
+
+
+def model_shape(model: nn.Module) -> tuple[int, int]:
+    cfg = getattr(model, "config", None)
+    while cfg is None and hasattr(model, "base_model"):
+        model = model.base_model
+        cfg = getattr(model, "config", None)
+    return int(getattr(cfg, "num_hidden_layers", 0) or 0), int(getattr(cfg, "hidden_size", 0) or 0)

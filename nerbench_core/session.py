@@ -1,0 +1,114 @@
+"""The state of one benchmark session: options, the store, the records of this run, the baselines.
+
+No pytest here: the plugin creates one of these and its hooks call into it.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import NerDataset
+from .modeling import ModelUnavailable
+from .records import ResultStore, RunRecord
+from .runner import RunOptions, effective_spec, key_for, new_record
+from .specs import ModelSpec
+
+
+@dataclass
+class Outcome:
+    record: RunRecord
+    skipped: str | None = None  # reason, when the case could not run here
+    reused: bool = False
+
+
+def error_reason(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    if "out of memory" in text.lower():
+        return "CUDA out of memory: " + str(err).splitlines()[0][:200]
+    return text.splitlines()[0][:300]
+
+
+@dataclass
+class Baselines:
+    """Stored results to compare with: ``{mode: {case: record dict}}`` in one JSON file."""
+
+    path: Path
+    tolerance: float  # F1 points (0-100 scale) a case may fall below its baseline
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path, tolerance: float) -> "Baselines":
+        path = Path(path)
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return cls(path, tolerance, data)
+
+    def f1(self, case: str, mode: str) -> float | None:
+        entry = self.data.get(mode, {}).get(case)
+        return entry["metrics"]["test"]["f1"] if entry else None
+
+    def regression(self, record: RunRecord) -> str | None:
+        base = self.f1(record.case, record.mode)
+        if base is None or record.f1 is None:
+            return None
+        drop = 100 * (base - record.f1)
+        if drop > self.tolerance:
+            return (f"{record.case}: test F1 {100 * record.f1:.2f} is {drop:.2f} points below the baseline "
+                    f"{100 * base:.2f} in {self.path} (tolerance {self.tolerance:.2f})")
+        return None
+
+
+class Session:
+    def __init__(self, options: RunOptions, results_dir: str | Path, rerun: bool = False,
+                 baselines: Baselines | None = None):
+        self.options = options
+        self.store = ResultStore(results_dir)
+        self.rerun = rerun
+        self.baselines = baselines
+        self.records: list[RunRecord] = []
+
+    def run(self, spec: ModelSpec, dataset: NerDataset) -> Outcome:
+        from .runner import run_case
+
+        key = key_for(effective_spec(spec, self.options), dataset, self.options)
+        if not self.rerun:
+            stored = self.store.find(key, spec.name)
+            if stored is not None:
+                stored.cost = {**stored.cost, "reused": True}
+                self.records.append(stored)
+                return Outcome(stored, reused=True)
+        try:
+            record = run_case(spec, dataset, self.options)
+        except ModelUnavailable as err:
+            record = new_record(effective_spec(spec, self.options), dataset, self.options, "skipped", error=str(err))
+            self.records.append(record)
+            return Outcome(record, skipped=str(err))
+        except Exception as err:  # the case fails with its reason; the next case runs on
+            record = new_record(effective_spec(spec, self.options), dataset, self.options, "failed",
+                                error=error_reason(err))
+            record.cost["traceback"] = traceback.format_exc()[-4000:]
+            self.store.write(record)
+            self.records.append(record)
+            raise
+        floor = record.floor
+        if not record.synthetic and floor is not None and (record.f1 or 0.0) < floor:
+            record.status = "failed"
+        self.store.write(record)
+        self.records.append(record)
+        return Outcome(record)
+
+    def record_path(self, record: RunRecord) -> Path:
+        return self.store.path_for(record)
+
+    def save_baselines(self, path: str | Path) -> Path:
+        """Merge this run's finished records into a baselines file, keyed by mode and case."""
+        path = Path(path)
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        for r in self.records:
+            if r.status in ("passed", "failed") and r.error is None and not r.synthetic:
+                d = r.to_dict()
+                d["metrics"] = {k: v for k, v in d["metrics"].items() if k != "dev_history"}
+                data.setdefault(r.mode, {})[r.case] = d
+        path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return path

@@ -1,0 +1,73 @@
+"""The comparison table, drawn by tabulate from records alone (no torch)."""
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from .records import RunRecord
+
+ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
+
+
+def _count(n) -> str:
+    if n is None:
+        return ""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _mem(cost: dict) -> str:
+    gib = cost.get("peak_gpu_allocated_gib")
+    if gib is not None:
+        return f"{gib:.1f} GiB gpu"
+    rss = cost.get("peak_rss_gib")
+    return f"{rss:.1f} GiB rss" if rss is not None else ""
+
+
+def rows(records: list[RunRecord], baselines: dict[str, float] | None = None) -> tuple[list[str], list[list]]:
+    types = sorted({t for r in records for t in r.metrics.get("test", {}).get("per_type", {})},
+                   key=lambda t: (ENTITY_TYPES.index(t) if t in ENTITY_TYPES else 99, t))
+    headers = ["model", "method", "backend", "params (total/train)", "P", "R", "F1", "strict F1",
+               *[f"F1 {t}" for t in types], "train s", "tok/s", "pad %", "MFU %", "peak mem", "status"]
+    if baselines is not None:
+        headers.insert(headers.index("strict F1"), "ΔF1 vs base")
+    out = []
+    for r in sorted(records, key=lambda r: (r.model.get("params_total") or 0, r.case)):
+        test = r.metrics.get("test", {})
+        per = test.get("per_type", {})
+        c = r.cost
+        status = r.status + (" (reused)" if r.cost.get("reused") else "") + (" [synthetic]" if r.synthetic else "")
+        if r.error:
+            status += f": {r.error[:60]}"
+        row = [
+            r.case,
+            r.model.get("method", r.spec.get("method", "")) + (f" r{r.model['lora_r']}" if r.model.get("lora_r") else ""),
+            r.model.get("backend", ""),
+            f"{_count(r.model.get('params_total'))}/{_count(r.model.get('params_trainable'))}",
+            _pct(test.get("precision")), _pct(test.get("recall")), _pct(test.get("f1")), _pct(test.get("strict_f1")),
+            *[_pct(per.get(t, {}).get("f1")) for t in types],
+            f"{c['train_seconds']:.0f}" if c.get("train_seconds") is not None else "",
+            f"{c['train_tokens_per_second']:.0f}" if c.get("train_tokens_per_second") else "",
+            f"{100 * c['padding_fraction']:.0f}" if c.get("padding_fraction") is not None else "",
+            f"{100 * c['mfu']:.1f}" if c.get("mfu") is not None else "",
+            _mem(c),
+            status,
+        ]
+        if baselines is not None:
+            base = baselines.get(r.case)
+            delta = "" if base is None or test.get("f1") is None else f"{100 * (test['f1'] - base):+.2f}"
+            row.insert(headers.index("ΔF1 vs base"), delta)
+        out.append(row)
+    return headers, out
+
+
+def render(records: list[RunRecord], baselines: dict[str, float] | None = None, fmt: str = "github") -> str:
+    if not records:
+        return "nerbench: no results"
+    headers, body = rows(records, baselines)
+    return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)

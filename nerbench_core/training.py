@@ -1,0 +1,180 @@
+"""The Hugging Face Trainer, configured from a spec, with callbacks that select the best epoch on dev
+and measure what training cost.
+
+Model selection: at the end of every epoch the dev split is predicted and scored; the trainable weights
+of the best epoch (dev F1) are kept in host memory and put back when training ends. Only the trainable
+weights are copied (LoRA and head for LoRA cases), so this is cheap for large models and needs no
+checkpoint on disk. The test split is not looked at here.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
+
+from .features import EncodedSplit
+from .modeling import compute_dtype
+from .specs import ModelSpec
+
+
+class CountingCollator:
+    """Pads like DataCollatorForTokenClassification and counts real and padded positions it trains on."""
+
+    def __init__(self, tokenizer):
+        self.pad = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=None, return_tensors="pt")
+        self.real_tokens = 0
+        self.padded_tokens = 0
+        self.counting = True
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.pad(features)
+        if self.counting:
+            real = int(batch["attention_mask"].sum())
+            self.real_tokens += real
+            self.padded_tokens += batch["attention_mask"].numel() - real
+        return batch
+
+    @property
+    def padding_fraction(self) -> float:
+        total = self.real_tokens + self.padded_tokens
+        return self.padded_tokens / total if total else 0.0
+
+
+class BestOnDev(TrainerCallback):
+    """Scores dev after each epoch, keeps the best epoch's trainable weights, restores them at the end."""
+
+    def __init__(self, evaluate: Callable[[nn.Module], dict], collator: CountingCollator):
+        self.evaluate = evaluate
+        self.collator = collator
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self._best_weights: dict[str, torch.Tensor] = {}
+        self._last_step = -1
+
+    def _score(self, state, model) -> None:
+        if state.global_step == self._last_step:
+            return
+        self._last_step = state.global_step
+        self.collator.counting = False  # dev batches are not training tokens
+        t0 = time.perf_counter()
+        metrics = self.evaluate(model)
+        self.collator.counting = True
+        entry = {"epoch": round(state.epoch or 0, 3), "step": state.global_step, "dev_f1": metrics["f1"],
+                 "seconds": time.perf_counter() - t0}
+        self.history.append(entry)
+        if self.best is None or metrics["f1"] > self.best["dev_f1"]:
+            self.best = {**entry, "metrics": metrics}
+            self._best_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._score(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._score(state, model)  # a fractional last epoch ends without on_epoch_end
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self._best_weights.items():
+                params[name].copy_(value.to(params[name].device))
+
+
+class LossCurve(TrainerCallback):
+    def __init__(self):
+        self.points: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.points.append({"step": state.global_step, "epoch": round(state.epoch or 0, 3), "loss": logs["loss"]})
+            if not math.isfinite(logs["loss"]):
+                raise FloatingPointError(f"training loss is {logs['loss']} at step {state.global_step}")
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, split: EncodedSplit):
+        self.rows = [e.as_features() for e in split.examples]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int) -> TrainingArguments:
+    t = spec.train
+    steps_per_epoch = max(1, math.ceil(n_examples / t.batch_size))
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps in transformers 5
+        weight_decay=t.weight_decay,
+        lr_scheduler_type="linear",
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=compute_dtype(spec) == torch.bfloat16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        eval_strategy="no",  # dev is scored by BestOnDev, with predictions mapped by index
+        save_strategy="no",
+        logging_steps=max(1, min(50, steps_per_epoch // 4)),
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+@dataclass
+class TrainOutcome:
+    seconds: float
+    real_tokens: int
+    padding_fraction: float
+    steps: int
+    best: dict
+    dev_history: list[dict] = field(default_factory=list)
+    loss_curve: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.real_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSplit,
+          evaluate_dev: Callable[[nn.Module], dict], output_dir: Path) -> TrainOutcome:
+    collator = CountingCollator(tokenizer)
+    selection = BestOnDev(evaluate_dev, collator)
+    curve = LossCurve()
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(spec, output_dir, len(train_split.examples)),
+        train_dataset=ListDataset(train_split),
+        data_collator=collator,
+        callbacks=[selection, curve],
+    )
+    dev_seconds_before = 0.0
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = trainer.train()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    dev_seconds = sum(h["seconds"] for h in selection.history) - dev_seconds_before
+    seconds = time.perf_counter() - t0 - dev_seconds  # training alone: dev scoring is timed on its own
+    return TrainOutcome(
+        seconds=seconds,
+        real_tokens=collator.real_tokens,
+        padding_fraction=collator.padding_fraction,
+        steps=result.global_step,
+        best=selection.best or {},
+        dev_history=selection.history,
+        loss_curve=curve.points,
+    )
