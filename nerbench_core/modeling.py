@@ -135,10 +135,26 @@ def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
     return get_peft_model(model, config)
 
 
+def keep_cpu_weights_trainable(model: nn.Module) -> None:
+    """Stop bitsandbytes (0.50) from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, the first forward pass in eval mode without gradients (our dev scoring)
+    repacks each Linear4bit weight in place, and the next training step then fails ("a view of a leaf
+    Variable that requires grad is being used in an in-place operation"). Training resumes after every
+    dev evaluation here, so the repack is switched off; GPUs are not affected.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def tokenizer_for(location: str):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(location)
+    tok.padding_side = "right"  # labels are padded on the right too; causal models never see pads this way
     if tok.pad_token is None:  # decoders ship without one; padding is masked, so any known token serves
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
@@ -160,7 +176,7 @@ def pretrained_model(spec: ModelSpec, labels: list[str], location: str) -> nn.Mo
     from transformers import AutoModelForTokenClassification
 
     try:
-        return AutoModelForTokenClassification.from_pretrained(
+        model = AutoModelForTokenClassification.from_pretrained(
             location,
             **label_maps(labels),
             dtype=compute_dtype(spec),
@@ -172,17 +188,16 @@ def pretrained_model(spec: ModelSpec, labels: list[str], location: str) -> nn.Mo
         raise ModelUnavailable(
             f"{spec.name}: cannot load {location!r}: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
         ) from err
+    if spec.method == "qlora":
+        keep_cpu_weights_trainable(model)  # also keeps a reloaded model's numerics those of training
+    return model
 
 
-def load_hf(spec: ModelSpec, labels: list[str], cache_dir: Path, config=None) -> Built:
-    """transformers + peft + bitsandbytes; CPU or GPU. ``config`` given: random weights of that shape."""
-    if config is not None:
-        tokenizer = tokenizer_for(config.tokenizer_location)
-        model = synthetic_model(config, spec, labels)
-    else:
-        location = weights_location(spec, cache_dir)
-        tokenizer = tokenizer_for(location)
-        model = pretrained_model(spec, labels, location)
+def load_hf(spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
+    """transformers + peft + bitsandbytes; CPU or GPU."""
+    location = weights_location(spec, cache_dir)
+    tokenizer = tokenizer_for(location)
+    model = pretrained_model(spec, labels, location)
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return finish(model, tokenizer, spec, backend="hf")
@@ -221,10 +236,10 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-def load_unsloth(spec: ModelSpec, labels: list[str], cache_dir: Path, config=None) -> Built:
+def load_unsloth(spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
     from .unsloth_backend import load
 
-    return load(spec, labels, cache_dir, config)
+    return load(spec, labels, cache_dir)
 
 
 BACKENDS: dict[str, Callable[..., Built]] = {"hf": load_hf, "unsloth": load_unsloth}
@@ -254,20 +269,11 @@ def choose_backend(spec: ModelSpec) -> tuple[str, str]:
     return ("unsloth", "CUDA and unsloth present") if unsloth_usable() else ("hf", "unsloth needs CUDA")
 
 
-def build(spec: ModelSpec, labels: list[str], cache_dir: Path, config=None) -> Built:
+def build(spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
     backend, why = choose_backend(spec)
-    built = BACKENDS[backend](spec, labels, cache_dir, config)
+    built = BACKENDS[backend](spec, labels, cache_dir)
     built.details["backend_reason"] = why
     return built
-
-
-# ---------------------------------------------------------------- synthetic weights (exact architecture)
-
-
-def synthetic_model(config, spec: ModelSpec, labels: list[str]) -> nn.Module:
-    from .synthetic import build_random
-
-    return build_random(config, spec, labels)
 
 
 # ---------------------------------------------------------------- save / reload a fine-tuned case
@@ -278,7 +284,8 @@ def save_case(built: Built, spec: ModelSpec, labels: list[str], folder: str | Pa
     folder = Path(folder)
     built.model.save_pretrained(folder)
     built.tokenizer.save_pretrained(folder)
-    (folder / SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "labels": labels}, indent=1))
+    (folder / SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "labels": labels, "backend": built.backend},
+                                               indent=1))
     return folder
 
 
@@ -291,6 +298,10 @@ def load_case(folder: str | Path, cache_dir: Path) -> Built:
     folder = Path(folder)
     saved = json.loads((folder / SPEC_FILE).read_text())
     spec, labels = spec_from_dict(saved["spec"], str(folder / SPEC_FILE)), saved["labels"]
+    if saved.get("backend") == "unsloth":
+        from .unsloth_backend import load_saved
+
+        return load_saved(folder, spec, labels, cache_dir)
     full = spec.method == "full"
     model = pretrained_model(spec, labels, str(folder) if full else weights_location(spec, cache_dir))
     if spec.is_decoder:

@@ -41,6 +41,16 @@ def pytest_addoption(parser):
     g.addoption("--gpu-peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU, for MFU")
 
 
+def _preload_unsloth() -> None:
+    """unsloth patches transformers when imported and must come before it; it raises without CUDA."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None:
+        import unsloth  # noqa: F401
+
+
 def _session(config):
     return config.stash[_KEY]
 
@@ -49,6 +59,8 @@ _KEY = pytest.StashKey()
 
 
 def pytest_configure(config):
+    if config.getoption("--backend") != "hf":
+        _preload_unsloth()
     from .runner import RunOptions
     from .session import Baselines, Session
 

@@ -65,12 +65,12 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
 
     # 1. model and tokenizer, as the spec says
     t0 = time.perf_counter()
-    arch = None
-    if opts.synthetic:
-        from .synthetic import architecture_for
+    if opts.synthetic:  # same path, random weights in the spec's exact architecture
+        from .synthetic import synthetic_spec
 
-        arch = architecture_for(spec)
-    built = modeling.build(spec, dataset.labels, opts.cache_dir, config=arch)
+        built = modeling.build(synthetic_spec(spec, opts.cache_dir), dataset.labels, opts.cache_dir)
+    else:
+        built = modeling.build(spec, dataset.labels, opts.cache_dir)
     load_seconds = time.perf_counter() - t0
     try:
         # 2. words -> sub-tokens, labels on first sub-tokens, long sentences in windows

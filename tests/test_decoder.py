@@ -1,0 +1,100 @@
+"""Decoders as token classifiers on CPU: a tiny Qwen2 with a byte-level BPE tokenizer, built in the test."""
+import dataclasses
+
+import pytest
+import torch
+
+from nerbench_core import modeling, training
+from nerbench_core.data import load_conll_dir
+from nerbench_core.features import WordEncoder
+from nerbench_core.inference import predict_tags
+from nerbench_core.scoring import score
+from nerbench_core.specs import ModelSpec, TrainConfig
+
+from .helpers import make_conll_dir, tiny_qwen2
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    return tiny_qwen2(tmp_path_factory.mktemp("qwen2"), layers=3)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return load_conll_dir(make_conll_dir(tmp_path_factory.mktemp("data"), sizes=(64, 16, 16)))
+
+
+def spec_for(qwen_dir, **kw):
+    base = ModelSpec(name="tiny", model=str(qwen_dir), family="decoder", method="qlora",
+                     train=TrainConfig(learning_rate=5e-3, epochs=1, batch_size=8, max_length=32, warmup_ratio=0.0))
+    return dataclasses.replace(base, **kw)
+
+
+def logits(model, ids, mask=None):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids) if mask is None else mask).logits
+
+
+def test_qlora_trains_only_lora_and_head(qwen_dir, dataset, tmp_path):
+    import bitsandbytes as bnb
+
+    spec = spec_for(qwen_dir)
+    built = modeling.build(spec, dataset.labels, tmp_path)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in built.model.modules()), "weights are not 4-bit"
+    assert built.model.get_base_model().score.weight.dtype == torch.float32  # the head is not quantized
+    before = {n: p.detach().clone() for n, p in built.model.named_parameters()}  # 4-bit weights included
+    label2id = {l: i for i, l in enumerate(dataset.labels)}
+    enc = WordEncoder(built.tokenizer, spec.train.max_length)
+    train_split, dev_split = enc.encode(dataset["train"], label2id), enc.encode(dataset["dev"], label2id)
+    collate = training.CountingCollator(built.tokenizer).pad
+    gold = [list(s.tags) for s in dataset["dev"]]
+    evaluate = lambda m: score(gold, predict_tags(m, dev_split, dict(enumerate(dataset.labels)), collate, 16).tags)
+    # two epochs: training goes on after a dev evaluation (bitsandbytes' CPU repack once broke exactly that)
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=2))
+    outcome = training.train(built.model, built.tokenizer, spec, train_split, evaluate, tmp_path / "out")
+    assert outcome.steps == 16 and outcome.real_tokens > 0 and [h["epoch"] for h in outcome.dev_history] == [1.0, 2.0]
+    changed = {n for n, p in built.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed, "nothing was trained"
+    assert all("lora_" in n or ".score." in n for n in changed), sorted(changed)
+    assert any("lora_" in n for n in changed) and any(".score." in n for n in changed)
+    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in trainable if "lora_" in n or ".score." in n}
+
+
+@pytest.mark.parametrize("mode, last_k, sees_right", [("causal", None, False), ("bidirectional", None, True),
+                                                      ("bidirectional", 1, True)])
+def test_attention_mode_decides_whether_tokens_see_the_right(qwen_dir, tmp_path, mode, last_k, sees_right):
+    built = modeling.build(spec_for(qwen_dir, method="lora", attention=mode, bidirectional_layers=last_k),
+                           ["O", "B-PER", "I-PER"], tmp_path)
+    torch.manual_seed(0)
+    ids = torch.randint(5, len(built.tokenizer), (1, 10))
+    changed = ids.clone()
+    changed[0, 7] = (ids[0, 7] + 1) % len(built.tokenizer)  # change token j = 7
+    a, b = logits(built.model, ids), logits(built.model, changed)
+    left = (a[0, :7] - b[0, :7]).abs().max().item()  # tokens i < j
+    assert (left > 1e-5) is sees_right, f"max change left of j: {left}"
+    assert built.details["bidirectional_layers"] == (0 if mode == "causal" else (last_k or 3))
+
+
+def test_bidirectional_attention_ignores_padding(qwen_dir, tmp_path):
+    built = modeling.build(spec_for(qwen_dir, method="lora", attention="bidirectional"), ["O", "B-PER"], tmp_path)
+    ids = torch.randint(5, len(built.tokenizer), (1, 6))
+    padded = torch.cat([ids, torch.full((1, 3), built.tokenizer.pad_token_id)], dim=1)
+    mask = torch.cat([torch.ones(1, 6), torch.zeros(1, 3)], dim=1).long()
+    torch.testing.assert_close(logits(built.model, ids), logits(built.model, padded, mask)[:, :6], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method, mode", [("qlora", "causal"), ("lora", "bidirectional")])
+def test_saved_adapter_and_head_reload_to_the_same_predictions(qwen_dir, tmp_path, method, mode):
+    spec = spec_for(qwen_dir, method=method, attention=mode)
+    built = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    with torch.no_grad():  # make the adapter and head non-trivial, as after training
+        for n, p in built.model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    ids = torch.randint(5, len(built.tokenizer), (2, 9))
+    expected = logits(built.model, ids)
+    folder = modeling.save_case(built, spec, ["O", "B-PER", "I-PER"], tmp_path / "saved")
+    reloaded = modeling.load_case(folder, tmp_path)
+    torch.testing.assert_close(logits(reloaded.model, ids), expected)
