@@ -8,6 +8,7 @@ One function per concern, each driven by a spec field:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -172,10 +173,28 @@ def weights_location(spec: ModelSpec, cache_dir: Path) -> str:
     return plain_checkpoint(location, spec.gguf_file, cache_dir) if spec.gguf_file else location
 
 
+@contextlib.contextmanager
+def loading(spec: ModelSpec, location: str):
+    """Turn "this model cannot be had here" into ModelUnavailable (the case is skipped with the reason).
+
+    Only errors of fetching count: missing files, no network or cache, an unknown or malformed hub id.
+    Anything else (a bad config, a shape mismatch) stays an error and fails the case.
+    """
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        yield
+    except (OSError, HFValidationError) as err:
+        hint = "" if Path(location).exists() or location.count("/") <= 1 else " (not a local folder either)"
+        raise ModelUnavailable(
+            f"{spec.name}: cannot load {location!r}{hint}: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        ) from err
+
+
 def pretrained_model(spec: ModelSpec, labels: list[str], location: str) -> nn.Module:
     from transformers import AutoModelForTokenClassification
 
-    try:
+    with loading(spec, location):
         model = AutoModelForTokenClassification.from_pretrained(
             location,
             **label_maps(labels),
@@ -184,10 +203,6 @@ def pretrained_model(spec: ModelSpec, labels: list[str], location: str) -> nn.Mo
             device_map={"": 0} if torch.cuda.is_available() else None,
             attn_implementation="sdpa",
         )
-    except (OSError, ValueError) as err:  # no local copy and no hub, unknown or gated repo ...
-        raise ModelUnavailable(
-            f"{spec.name}: cannot load {location!r}: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
-        ) from err
     if spec.method == "qlora":
         keep_cpu_weights_trainable(model)  # also keeps a reloaded model's numerics those of training
     return model
@@ -196,7 +211,8 @@ def pretrained_model(spec: ModelSpec, labels: list[str], location: str) -> nn.Mo
 def load_hf(spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
     """transformers + peft + bitsandbytes; CPU or GPU."""
     location = weights_location(spec, cache_dir)
-    tokenizer = tokenizer_for(location)
+    with loading(spec, location):
+        tokenizer = tokenizer_for(location)
     model = pretrained_model(spec, labels, location)
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id

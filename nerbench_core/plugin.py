@@ -4,6 +4,7 @@ The state lives in :class:`nerbench_core.session.Session`; everything here trans
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -118,7 +119,9 @@ def ner_dataset(request):
 def pytest_sessionfinish(session):
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker hands its records to the controller
-        workeroutput["nerbench_records"] = [r.to_dict() for r in _session(session.config).records]
+        # execnet carries only plain types: send the records as one JSON text
+        workeroutput["nerbench_records"] = json.dumps([r.to_dict() for r in _session(session.config).records],
+                                                      default=str)
     path = session.config.getoption("--save-baselines")
     if path and workeroutput is None:
         _session(session.config).save_baselines(path)
@@ -128,7 +131,7 @@ def pytest_sessionfinish(session):
 def pytest_testnodedown(node, error):
     from .records import RunRecord
 
-    records = getattr(node, "workeroutput", {}).get("nerbench_records", [])
+    records = json.loads(getattr(node, "workeroutput", {}).get("nerbench_records", "[]"))
     _session(node.config).records.extend(RunRecord.from_dict(d) for d in records)
 
 

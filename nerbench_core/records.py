@@ -120,7 +120,7 @@ class ResultStore:
         target = self.path_for(record)
         data = json.dumps(record.to_dict(), indent=1, sort_keys=True, default=str)
         with self.lock:
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".json")
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".json.part")  # never matches *.json
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
                     f.write(data)

@@ -191,7 +191,7 @@ def load_suite(path: str | Path) -> list[ModelSpec]:
         where = f"{path}: [[model]] #{i + 1}" + (f" ({entry['name']})" if "name" in entry else "")
         family = entry.get("family", "encoder")
         merged = _merge(defaults.get(family, {}), entry)
-        spec = _build(ModelSpec, {**merged, "suite": path.name}, where)
+        spec = _build(ModelSpec, {**merged, "suite": str(path)}, where)
         if spec.name in seen:
             raise SpecError(f"{where}: duplicate name {spec.name!r}")
         seen.add(spec.name)

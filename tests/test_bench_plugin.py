@@ -1,0 +1,106 @@
+"""End to end through pytest itself (pytester): the bench test, the plugin, the store and the table."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .helpers import make_conll_dir, tiny_bert
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = '{ learning_rate = 5e-3, epochs = 2, batch_size = 8, max_length = 32, warmup_ratio = 0.0 }'
+
+
+@pytest.fixture
+def bench(pytester, tmp_path, monkeypatch):
+    """A pytester folder holding the real bench test and plugin, tiny data and a tiny local BERT."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("NERBENCH_DATA_DIR", "NERBENCH_SUITE"):
+        monkeypatch.delenv(var, raising=False)
+    shutil.copy(ROOT / "bench" / "test_ner.py", pytester.path / "test_ner.py")
+    pytester.makeconftest('pytest_plugins = ["nerbench_core.plugin"]')
+    data = make_conll_dir(tmp_path / "data", sizes=(96, 24, 24))
+    model = tiny_bert(tmp_path / "tiny-bert")
+    return pytester, data, model
+
+
+def suite(pytester, body):
+    return pytester.makefile(".toml", suite=body)
+
+
+def run(pytester, data, suite_file, *args):
+    return pytester.runpytest_subprocess("test_ner.py", "--data-dir", str(data), "--suite", str(suite_file),
+                                         "--results-dir", "results", "--cache-dir", "cache", "-p", "no:cacheprovider", "-ra",
+                                         *args, timeout=600)
+
+
+def test_a_tiny_bert_trains_writes_its_record_and_shows_in_the_table(bench):
+    pytester, data, model = bench
+    s = suite(pytester, f'[[model]]\nname = "tiny-bert"\nmodel = "{model}"\ntrain = {TRAIN}\n'
+                        'floor = { f1 = 0.0, quick = 0.0, source = "test" }\n')
+    result = run(pytester, data, s, "--quick")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*nerbench results*", "*| tiny-bert *| full *| hf *passed*"])
+    (path,) = (pytester.path / "results").glob("tiny-bert-quick-*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "passed" and record["mode"] == "quick"
+    test = record["metrics"]["test"]
+    assert {"precision", "recall", "f1", "strict_f1", "per_type"} <= set(test)
+    assert set(test["per_type"]) == {"PER", "LOC", "ORG"}
+    assert len(record["metrics"]["dev_history"]) == 2 and record["metrics"]["best_epoch"] in (1.0, 2.0)
+    assert record["cost"]["train_tokens_per_second"] > 0 and record["cost"]["peak_rss_gib"] > 0
+    assert record["model"]["params_total"] == record["model"]["params_trainable"] > 0
+    assert record["environment"]["versions"]["transformers"] and "machine" in record["environment"]
+    assert record["dataset"]["sample"].startswith("quick:") and record["spec_hash"]
+
+    # the same command again reuses the record; --rerun trains again
+    again = run(pytester, data, s, "--quick")
+    again.assert_outcomes(passed=1)
+    again.stdout.fnmatch_lines(["*| tiny-bert *passed (reused)*"])
+    run(pytester, data, s, "--quick", "--rerun").stdout.no_fnmatch_line("*(reused)*")
+
+
+def test_floor_failure_message_names_f1_floor_and_record(bench):
+    pytester, data, model = bench
+    s = suite(pytester, f'[[model]]\nname = "tiny-bert"\nmodel = "{model}"\ntrain = {TRAIN}\n'
+                        'floor = { f1 = 1.01, quick = 1.01, source = "impossible on purpose" }\n')
+    result = run(pytester, data, s, "--quick")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*test F1 * is below its floor 101.00*impossible on purpose*record: *results*.json*"])
+
+
+def test_unavailable_and_broken_cases_do_not_stop_the_others(bench):
+    pytester, data, model = bench
+    s = suite(pytester, f'[[model]]\nname = "missing"\nmodel = "{model}-not-here"\n\n'
+                        f'[[model]]\nname = "broken"\nmodel = "{model}"\ntrain = {{ max_length = 2 }}\n\n'
+                        f'[[model]]\nname = "fine"\nmodel = "{model}"\ntrain = {TRAIN}\n')
+    result = run(pytester, data, s, "--quick")
+    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*| broken *failed: ValueError: max_length 2 leaves no*",
+                                 "*| missing *skipped: missing: cannot load*", "*SKIPPED*missing: cannot load*"])
+    broken = json.loads(next((pytester.path / "results").glob("broken-*.json")).read_text())
+    assert broken["status"] == "failed" and "leaves no room" in broken["error"]
+
+
+def test_xdist_workers_report_to_one_table(bench):
+    pytester, data, model = bench
+    s = suite(pytester, "".join(f'[[model]]\nname = "tiny-{i}"\nmodel = "{model}"\ntrain = {TRAIN}\n\n'
+                                for i in range(2)).replace("epochs = 2", "epochs = 1"))
+    result = run(pytester, data, s, "--quick", "-n", "2")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*nerbench results*"])
+    assert "| tiny-0" in result.stdout.str() and "| tiny-1" in result.stdout.str()
+
+
+def test_compare_fails_a_case_that_fell_below_its_baseline(bench):
+    pytester, data, model = bench
+    s = suite(pytester, f'[[model]]\nname = "tiny-bert"\nmodel = "{model}"\ntrain = {TRAIN}\n')
+    run(pytester, data, s, "--quick", "--save-baselines", "base.json").assert_outcomes(passed=1)
+    base = json.loads((pytester.path / "base.json").read_text())
+    base["quick"]["tiny-bert"]["metrics"]["test"]["f1"] += 0.05  # pretend the baseline was 5 points better
+    (pytester.path / "base.json").write_text(json.dumps(base))
+    result = run(pytester, data, s, "--quick", "--rerun", "--compare", "base.json", "--compare-fail", "2")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*5.00 points below the baseline*tolerance 2.00*", "*| tiny-bert *| -5.00*"])

@@ -1,0 +1,85 @@
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+from nerbench_core.records import ResultStore, RunRecord, load_records, run_key
+from nerbench_core.table import render
+
+
+def record(case, f1=0.9, key="k1", **kw):
+    metrics = {"test": {"f1": f1, "precision": f1, "recall": f1, "strict_f1": f1,
+                        "per_type": {"PER": {"f1": f1}, "LOC": {"f1": f1 - 0.1}}}}
+    return RunRecord(case=case, status="passed", run_key=key, mode="quick", spec={"method": "full"}, spec_hash="h",
+                     dataset={"fingerprint": "f"}, seed=1, metrics=metrics,
+                     cost={"train_seconds": 12.0, "train_tokens_per_second": 1000.0, "padding_fraction": 0.2,
+                           "peak_rss_gib": 1.5}, model={"method": "full", "params_total": 1000, "backend": "hf",
+                                                        "params_trainable": 1000}, **kw)
+
+
+def _writer(folder, prefix, n):
+    store = ResultStore(folder)
+    for i in range(n):
+        store.write(record(f"{prefix}-{i}", key=f"{prefix}{i}"))
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(tmp_path, p, 40)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    cases = sorted(r.case for r in ResultStore(tmp_path).records())
+    assert cases == sorted([f"a-{i}" for i in range(40)] + [f"b-{i}" for i in range(40)])
+
+
+def test_a_process_killed_mid_write_leaves_the_store_readable(tmp_path):
+    ResultStore(tmp_path).write(record("kept"))
+    # the child blocks between writing its temporary file and renaming it, and is killed there
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.test_records import record
+        from nerbench_core.records import ResultStore
+        os.replace = lambda *a: (print("writing", flush=True), time.sleep(60))
+        ResultStore({str(tmp_path)!r}).write(record("killed"))
+    """)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert [r.case for r in ResultStore(tmp_path).records()] == ["kept"]
+    assert any(p.name.endswith(".part") for p in tmp_path.iterdir())  # the torn file is not a record
+    assert ResultStore(tmp_path).write(record("after"))  # and the lock was released by the kill
+
+
+def test_find_returns_a_finished_record_by_run_key(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write(record("m", key="abc"))
+    store.write(record("broken", key="def", error="RuntimeError: boom"))
+    assert store.find("abc").case == "m"
+    assert store.find("def") is None  # a failed case with an error is run again
+    assert store.find("zzz") is None
+    assert run_key("s", "f", 1, "quick") != run_key("s", "f", 1, "full") != run_key("s", "f", 2, "full")
+
+
+def test_records_merge_from_several_folders_and_files(tmp_path):
+    a, b = ResultStore(tmp_path / "host-a"), ResultStore(tmp_path / "host-b")
+    a.write(record("m1", key="1"))
+    b.write(record("m2", key="2"))
+    (tmp_path / "baselines.json").write_text(json.dumps([record("m3", key="3").to_dict()]))
+    cases = sorted(r.case for r in load_records([a.folder, b.folder, tmp_path / "baselines.json"]))
+    assert cases == ["m1", "m2", "m3"]
+
+
+def test_table_shows_rows_per_type_scores_and_deltas():
+    text = render([record("small", f1=0.80), record("big", f1=0.91)], baselines={"big": 0.90})
+    assert "| small" in text and "| big" in text
+    assert "F1 PER" in text and "F1 LOC" in text
+    assert "91.00" in text and "81.00" in text  # F1 and the LOC column of "big"
+    assert "+1.00" in text  # change against the baseline
+    assert "1.5 GiB rss" in text

@@ -1,0 +1,61 @@
+import dataclasses
+
+import pytest
+
+from nerbench_core.specs import SpecError, load_suite, resolve_suite
+
+
+def test_seed_suite_is_bert_and_five_qwen_models():
+    specs = resolve_suite("seed")
+    assert [s.name for s in specs] == ["bert-base-cased", "qwen1.5-0.5b", "qwen1.5-1.8b", "qwen1.5-4b",
+                                       "qwen1.5-7b", "qwen1.5-14b"]
+    bert, qwen7 = specs[0], specs[4]
+    assert (bert.method, bert.train.epochs, bert.train.learning_rate, bert.train.batch_size) == ("full", 3.0, 5e-5, 32)
+    assert (qwen7.model, qwen7.method, qwen7.train.learning_rate, qwen7.lora.r, qwen7.lora.alpha) == (
+        "Qwen/Qwen1.5-7B", "qlora", 2e-4, 16, 32)
+    assert qwen7.train.gradient_checkpointing  # from [defaults.decoder]
+
+
+def test_every_suite_loads_and_names_are_unique():
+    specs = resolve_suite("all")
+    assert len({s.name for s in specs}) == len(specs)
+    assert {"minilm", "smollm2-lora-causal", "smollm2-lora-bidir", "smollm2-qlora"} <= {s.name for s in specs}
+
+
+def write(tmp_path, text):
+    p = tmp_path / "suite.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[[model]]\nname = "x"\nmodel = "m"\nlearning_rate = 1e-4\n', "unknown key(s) learning_rate"),
+    ('[[model]]\nname = "x"\nmodel = "m"\nmethod = "qlorra"\n', "'qlorra' is not one of"),
+    ('[[model]]\nname = "x"\nmodel = "m"\ntrain = { epochs = "three" }\n', "train.epochs: expected float"),
+    ('[[model]]\nname = "x"\n', "missing 1 required positional argument: 'model'"),
+    ('[[model]]\nname = "x"\nmodel = "m"\nfamily = "encoder"\nattention = "bidirectional"\n', "attention applies to decoders"),
+    ('[[model]]\nname = "x"\nmodel = "m"\nquick = { epoch = 1 }\n', "[quick] has unknown keys"),
+    ('[[model]]\nname = "x"\nmodel = "m"\n[[model]]\nname = "x"\nmodel = "n"\n', "duplicate name 'x'"),
+    ('[model\n', "not valid TOML"),
+])
+def test_bad_suites_name_the_file_and_key(tmp_path, body, message):
+    p = write(tmp_path, body)
+    with pytest.raises(SpecError) as err:
+        load_suite(p)
+    assert str(p) in str(err.value) and message in str(err.value)
+
+
+def test_unknown_suite_choice_lists_the_known_ones():
+    with pytest.raises(SpecError, match="--suite 'nope'.*offline.*seed"):
+        resolve_suite("nope")
+
+
+def test_hash_follows_what_changes_results_and_quick_overrides_apply(tmp_path):
+    (spec,) = load_suite(write(tmp_path, '[[model]]\nname = "x"\nmodel = "m"\nquick = { epochs = 1 }\n'
+                                         'floor = { f1 = 0.5 }\n'))
+    assert spec.hash() == dataclasses.replace(spec, floor=dataclasses.replace(spec.floor, f1=0.9)).hash()
+    assert spec.hash() != dataclasses.replace(spec, train=dataclasses.replace(spec.train, learning_rate=1.0)).hash()
+    quick = spec.for_run(quick=True)
+    assert quick.train.epochs == 1.0 and spec.train.epochs == 3.0 and quick.hash() != spec.hash()
+    assert spec.for_run(quick=False, backend="hf", epochs=2).train.epochs == 2
+    assert spec.floor_for(quick=False) == 0.5
