@@ -40,6 +40,11 @@ def pytest_addoption(parser):
     g.addoption("--synthetic", action="store_true",
                 help="random weights in each case's exact published architecture: cost only, no download, no floors")
     g.addoption("--gpu-peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU, for MFU")
+    g.addoption("--gpus", default=os.environ.get("NERBENCH_GPUS"), metavar="IDS",
+                help="GPUs for pytest-xdist workers, e.g. 0,1,2,3: worker gwN gets IDS[N mod len] "
+                     "(default: every GPU nvidia-smi lists)")
+    g.addoption("--shard", default=None, metavar="I/N",
+                help="run only shard I of N (1-based) of the selected cases, for splitting a suite over hosts")
 
 
 def _preload_unsloth() -> None:
@@ -59,7 +64,29 @@ def _session(config):
 _KEY = pytest.StashKey()
 
 
+def _pin_worker_gpu(config) -> None:
+    """Give each xdist worker its own GPU, before anything initializes CUDA in this process."""
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is None or "CUDA_VISIBLE_DEVICES" in os.environ and not config.getoption("--gpus"):
+        return
+    ids = config.getoption("--gpus")
+    gpus = ids.split(",") if ids else _visible_gpus()
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[int(worker.lstrip("gw")) % len(gpus)]
+
+
+def _visible_gpus() -> list[str]:
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout  # does not touch CUDA here
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
 def pytest_configure(config):
+    _pin_worker_gpu(config)
     if config.getoption("--backend") != "hf":
         _preload_unsloth()
     from .runner import RunOptions
@@ -91,6 +118,34 @@ def pytest_generate_tests(metafunc):
         raise pytest.UsageError(str(err)) from None
     metafunc.parametrize("spec", [pytest.param(s, id=s.name, marks=[pytest.mark.bench, getattr(pytest.mark, s.family)])
                                   for s in specs])
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Largest cases first (the run ends sooner when the long ones start early); then --shard."""
+    from .synthetic import estimated_parameters
+
+    def spec_of(item):
+        return getattr(getattr(item, "callspec", None), "params", {}).get("spec")
+
+    def size(item):
+        return estimated_parameters(spec_of(item).architecture)
+
+    bench = [i for i in items if spec_of(i) is not None]
+    if not bench:
+        return
+    others = [i for i in items if i not in bench]
+    bench.sort(key=size, reverse=True)
+    shard = config.getoption("--shard")
+    if shard:
+        try:
+            index, count = (int(x) for x in shard.split("/"))
+            assert 1 <= index <= count
+        except (ValueError, AssertionError):
+            raise pytest.UsageError(f"--shard {shard!r}: expected I/N with 1 <= I <= N") from None
+        keep = [item for n, item in enumerate(bench) if n % count == index - 1]
+        config.hook.pytest_deselected(items=[i for i in bench if i not in keep])
+        bench = keep
+    items[:] = others + bench
 
 
 @pytest.fixture(scope="session")

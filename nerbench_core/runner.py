@@ -135,6 +135,10 @@ def measure(built, spec, splits, outcome, test, load_seconds, opts) -> dict:
 def release(built) -> None:
     """Free the model before the next case (GPU memory above all)."""
     built.model = None
+    release_memory()
+
+
+def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -12,8 +12,12 @@ from pathlib import Path
 from .data import NerDataset
 from .modeling import ModelUnavailable
 from .records import ResultStore, RunRecord
-from .runner import RunOptions, effective_spec, key_for, new_record
+from .runner import RunOptions, effective_spec, key_for, new_record, release_memory
 from .specs import ModelSpec
+
+
+class CaseFailed(RuntimeError):
+    """A case raised; carries the reason but not the frames, so the case's model can be freed at once."""
 
 
 @dataclass
@@ -78,6 +82,7 @@ class Session:
                 stored.cost = {**stored.cost, "reused": True}
                 self.records.append(stored)
                 return Outcome(stored, reused=True)
+        failed: RunRecord | None = None
         try:
             record = run_case(spec, dataset, self.options)
         except ModelUnavailable as err:
@@ -85,12 +90,16 @@ class Session:
             self.records.append(record)
             return Outcome(record, skipped=str(err))
         except Exception as err:  # the case fails with its reason; the next case runs on
-            record = new_record(effective_spec(spec, self.options), dataset, self.options, "failed",
+            failed = new_record(effective_spec(spec, self.options), dataset, self.options, "failed",
                                 error=error_reason(err))
-            record.cost["traceback"] = traceback.format_exc()[-4000:]
-            self.store.write(record)
-            self.records.append(record)
-            raise
+            failed.cost["traceback"] = traceback.format_exc()[-4000:]
+        if failed is not None:
+            # raised outside the except block, so no frame of the failed case (nor the GPU memory its model
+            # holds) stays referenced while the next case runs
+            release_memory()
+            self.store.write(failed)
+            self.records.append(failed)
+            raise CaseFailed(f"{failed.error}\n{failed.cost['traceback']}")
         floor = record.floor
         if not record.synthetic and floor is not None and (record.f1 or 0.0) < floor:
             record.status = "failed"

@@ -82,3 +82,15 @@ if __name__ == "__main__":  # python -m nerbench_core.synthetic export-tokenizer
     if len(sys.argv) != 3 or sys.argv[1] != "export-tokenizers":
         sys.exit("usage: python -m nerbench_core.synthetic export-tokenizers DIR")
     export_tokenizers(Path(sys.argv[2]), Path(os.environ.get("NERBENCH_CACHE_DIR", ".nerbench_cache")))
+
+
+def estimated_parameters(name: str | None) -> int:
+    """Rough parameter count of an architecture (embeddings + attention + MLP), for ordering cases by size."""
+    arch = architectures().get(name or "")
+    if not arch:
+        return 0
+    d, layers, inter, vocab = arch["hidden_size"], arch["num_hidden_layers"], arch["intermediate_size"], arch["vocab_size"]
+    heads = arch["num_attention_heads"]
+    kv = arch.get("num_key_value_heads", heads) * (d // heads)
+    mlp = (3 if arch["model_type"] != "bert" else 2) * d * inter  # gated MLPs have three matrices
+    return vocab * d + layers * (2 * d * d + 2 * d * kv + mlp)

@@ -32,20 +32,21 @@ def _mem(cost: dict) -> str:
 def rows(records: list[RunRecord], baselines: dict[str, float] | None = None) -> tuple[list[str], list[list]]:
     types = sorted({t for r in records for t in r.metrics.get("test", {}).get("per_type", {})},
                    key=lambda t: (ENTITY_TYPES.index(t) if t in ENTITY_TYPES else 99, t))
-    headers = ["model", "method", "backend", "params (total/train)", "P", "R", "F1", "strict F1",
+    headers = ["model", "data", "method", "backend", "params (total/train)", "P", "R", "F1", "strict F1",
                *[f"F1 {t}" for t in types], "train s", "tok/s", "pad %", "MFU %", "peak mem", "status"]
     if baselines is not None:
         headers.insert(headers.index("strict F1"), "ΔF1 vs base")
     out = []
-    for r in sorted(records, key=lambda r: (r.model.get("params_total") or 0, r.case)):
+    for r in sorted(records, key=lambda r: (r.mode, r.model.get("params_total") or 0, r.case)):
         test = r.metrics.get("test", {})
         per = test.get("per_type", {})
         c = r.cost
-        status = r.status + (" (reused)" if r.cost.get("reused") else "") + (" [synthetic]" if r.synthetic else "")
+        status = r.status + (" (reused)" if r.cost.get("reused") else "")
         if r.error:
             status += f": {r.error[:60]}"
         row = [
             r.case,
+            r.mode if not r.synthetic else f"{r.mode}, synthetic",
             r.model.get("method", r.spec.get("method", "")) + (f" r{r.model['lora_r']}" if r.model.get("lora_r") else ""),
             r.model.get("backend", ""),
             f"{_count(r.model.get('params_total'))}/{_count(r.model.get('params_trainable'))}",

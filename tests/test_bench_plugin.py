@@ -42,7 +42,7 @@ def test_a_tiny_bert_trains_writes_its_record_and_shows_in_the_table(bench):
                         'floor = { f1 = 0.0, quick = 0.0, source = "test" }\n')
     result = run(pytester, data, s, "--quick")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*nerbench results*", "*| tiny-bert *| full *| hf *passed*"])
+    result.stdout.fnmatch_lines(["*nerbench results*", "*| tiny-bert *| quick *| full *| hf *passed*"])
     (path,) = (pytester.path / "results").glob("tiny-bert-quick-*.json")
     record = json.loads(path.read_text())
     assert record["status"] == "passed" and record["mode"] == "quick"
@@ -104,3 +104,16 @@ def test_compare_fails_a_case_that_fell_below_its_baseline(bench):
     result = run(pytester, data, s, "--quick", "--rerun", "--compare", "base.json", "--compare-fail", "2")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*5.00 points below the baseline*tolerance 2.00*", "*| tiny-bert *| -5.00*"])
+
+
+def test_shards_split_a_suite_and_the_largest_cases_come_first(bench):
+    pytester, data, model = bench
+    # architectures give the sizes: qwen1.5-7b > qwen1.5-0.5b > bert-base-cased
+    s = suite(pytester, "".join(f'[[model]]\nname = "{n}"\nmodel = "m"\narchitecture = "{n}"\n\n'
+                                for n in ("bert-base-cased", "qwen1.5-7b", "qwen1.5-0.5b")))
+    order = run(pytester, data, s, "--collect-only", "-q")
+    order.stdout.fnmatch_lines(["*test_ner*qwen1.5-7b*", "*test_ner*qwen1.5-0.5b*", "*test_ner*bert-base-cased*"])
+    first, second = (run(pytester, data, s, "--collect-only", "-q", "--shard", f"{i}/2").stdout.str() for i in (1, 2))
+    assert "qwen1.5-7b" in first and "bert-base-cased" in first and "qwen1.5-0.5b" not in first
+    assert "qwen1.5-0.5b" in second and "qwen1.5-7b" not in second
+    run(pytester, data, s, "--collect-only", "--shard", "3/2").stderr.fnmatch_lines(["*--shard '3/2': expected I/N*"])

@@ -83,3 +83,13 @@ def test_table_shows_rows_per_type_scores_and_deltas():
     assert "91.00" in text and "81.00" in text  # F1 and the LOC column of "big"
     assert "+1.00" in text  # change against the baseline
     assert "1.5 GiB rss" in text
+
+
+def test_report_prints_the_table_from_stored_records_alone(tmp_path, capsys):
+    from nerbench_core.report import main
+
+    ResultStore(tmp_path / "a").write(record("host-a-model", key="1"))
+    ResultStore(tmp_path / "b").write(record("host-b-model", key="2"))
+    assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "| host-a-model" in out and "| host-b-model" in out

@@ -1,0 +1,39 @@
+"""The comparison table from stored records alone (no training, no torch).
+
+    python -m nerbench_core.report RESULTS_DIR_OR_FILE [...] [--compare BASELINES] [--mode quick|full]
+
+Folders from several hosts (or shards) are merged; for each case and run key the newest record counts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .records import load_records
+from .table import render
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nerbench_core.report", description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="+", help="result folders or record/baseline JSON files")
+    ap.add_argument("--compare", metavar="BASELINES", help="baselines file: add the F1 change per case")
+    ap.add_argument("--mode", choices=["quick", "full"], help="only records of this mode")
+    ap.add_argument("--format", default="github", help="tabulate table format (github, grid, latex, ...)")
+    args = ap.parse_args(argv)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        ap.error(f"not found: {', '.join(missing)}")
+    records = [r for r in load_records(args.paths) if args.mode in (None, r.mode)]
+    baselines = None
+    if args.compare:
+        stored = json.loads(Path(args.compare).read_text(encoding="utf-8"))
+        baselines = {r.case: stored[r.mode][r.case]["metrics"]["test"]["f1"]
+                     for r in records if r.case in stored.get(r.mode, {})}
+    print(render(records, baselines, fmt=args.format))
+    return 0 if records else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
