@@ -29,6 +29,9 @@ def pytest_addoption(parser):
                 help="processed datasets, dequantized GGUF checkpoints")
     g.addoption("--backend", choices=["auto", "hf", "unsloth"], default=None, help="force a backend for every case")
     g.addoption("--epochs", type=float, default=None, help="override every case's number of epochs")
+    g.addoption("--set", action="append", default=[], metavar="KEY=VALUE", dest="nerbench_set",
+                help="override a training field of every case, e.g. --set batch_size=64 "
+                     "--set max_tokens_per_batch=4096 --set group_by_length=false (fields: specs.TrainConfig)")
     g.addoption("--rerun", action="store_true", help="run cases again even when a record for the same run key exists")
     g.addoption("--compare", nargs="?", const=str(BASELINES), default=None, metavar="BASELINES",
                 help=f"compare test F1 with stored baselines (default file {BASELINES.name}); see --compare-fail")
@@ -96,7 +99,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "encoder: encoder model case")
     config.addinivalue_line("markers", "decoder: decoder model case")
     opt = config.getoption
+    from .specs import SpecError, parse_override
+
     overrides = {k: v for k, v in {"backend": opt("--backend"), "epochs": opt("--epochs")}.items() if v is not None}
+    try:
+        overrides.update(parse_override(text) for text in opt("nerbench_set"))
+    except SpecError as err:
+        raise pytest.UsageError(str(err)) from None
     cache = Path(opt("--cache-dir")).resolve()
     results = Path(opt("--results-dir")).resolve()
     options = RunOptions(cache_dir=cache, work_dir=cache / "trainer", quick=opt("--quick"),

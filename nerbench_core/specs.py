@@ -217,3 +217,17 @@ def resolve_suite(choice: str) -> list[ModelSpec]:
 def spec_from_dict(data: dict, where: str = "<spec>") -> ModelSpec:
     """A spec back from its ``to_dict()`` form (records, saved cases), validated like a suite entry."""
     return _build(ModelSpec, data, where)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``--set KEY=VALUE`` for a TrainConfig field; VALUE is read as a TOML value (1e-4, true, 64, "x")."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    hints = get_type_hints(TrainConfig)
+    if not sep or key not in hints:
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(hints))}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, _coerce(value, hints[key], f"--set {key}")

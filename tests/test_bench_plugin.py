@@ -88,7 +88,7 @@ def test_xdist_workers_report_to_one_table(bench):
     pytester, data, model = bench
     s = suite(pytester, "".join(f'[[model]]\nname = "tiny-{i}"\nmodel = "{model}"\ntrain = {TRAIN}\n\n'
                                 for i in range(2)).replace("epochs = 2", "epochs = 1"))
-    result = run(pytester, data, s, "--quick", "-n", "2")
+    result = run(pytester, data, s, "--quick", "-n", "2", "--set", "max_tokens_per_batch=96")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*nerbench results*"])
     assert "| tiny-0" in result.stdout.str() and "| tiny-1" in result.stdout.str()

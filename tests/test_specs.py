@@ -59,3 +59,32 @@ def test_hash_follows_what_changes_results_and_quick_overrides_apply(tmp_path):
     assert quick.train.epochs == 1.0 and spec.train.epochs == 3.0 and quick.hash() != spec.hash()
     assert spec.for_run(quick=False, backend="hf", epochs=2).train.epochs == 2
     assert spec.floor_for(quick=False) == 0.5
+
+
+def test_command_line_overrides_are_typed_and_checked():
+    from nerbench_core.specs import parse_override
+
+    assert parse_override("batch_size=64") == ("batch_size", 64)
+    assert parse_override("learning_rate=1e-4") == ("learning_rate", 1e-4)
+    assert parse_override("group_by_length=false") == ("group_by_length", False)
+    assert parse_override("epochs=2") == ("epochs", 2.0)
+    with pytest.raises(SpecError, match="--set 'batchsize=64': expected KEY=VALUE with KEY one of"):
+        parse_override("batchsize=64")
+    with pytest.raises(SpecError, match="--set batch_size: expected int"):
+        parse_override("batch_size=many")
+
+
+def test_token_budget_batches_respect_the_budget_and_cover_every_sentence():
+    import random
+
+    from nerbench_core.training import TokenBudgetBatches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(1000)]
+    sampler = TokenBudgetBatches(lengths, max_tokens=512, max_sentences=64, seed=1)
+    for _ in range(2):  # two epochs: each a permutation of all sentences, in new batches
+        batches = list(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert all(len(b) <= 64 and max(lengths[i] for i in b) * len(b) <= 512 for b in batches)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert sum(lengths) / padded > 0.9  # sorted pools leave little padding
