@@ -323,6 +323,10 @@ def load_case(folder: str | Path, cache_dir: Path) -> Built:
     if spec.is_decoder:
         attention.apply(model, spec.attention, spec.bidirectional_layers)
     head = head_name(model)
+    if spec.method == "qlora":  # the dtypes training had (fp32 norms and head), so predictions match it
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if not full:
         model = PeftModel.from_pretrained(model, folder)
     return Built(model, tokenizer_for(str(folder)), "hf", head, {})

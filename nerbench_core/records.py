@@ -100,6 +100,7 @@ def machine_info(gpu: dict | None = None) -> dict:
     }
     if gpu:
         info["gpu"] = gpu
+        info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")  # which card an xdist worker had
     return info
 
 

@@ -66,6 +66,7 @@ def _base(spec: ModelSpec, cache_dir: Path):
         load_in_16bit=spec.method == "lora",
         use_gradient_checkpointing="unsloth" if spec.train.gradient_checkpointing else False,
         random_state=spec.train.seed,
+        fix_tokenizer=False,  # it would add a pad token and resize the embeddings; padding is masked anyway
     )
     tokenizer.padding_side = "right"  # unsloth drops the padding mask in training: pads must come last
     if tokenizer.pad_token is None:

@@ -69,9 +69,9 @@ def bpe_tokenizer(folder: Path):
     rng = random.Random(1)
     texts = [" ".join(w for w, _ in sentence(rng)) for _ in range(300)]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(texts, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>", "<|pad|>"])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                  unk_token="<|endoftext|>")
+                                  unk_token="<|endoftext|>", pad_token="<|pad|>")
     folder.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(folder)
     return tok

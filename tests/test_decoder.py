@@ -25,15 +25,17 @@ def dataset(tmp_path_factory):
 
 
 def spec_for(qwen_dir, **kw):
-    base = ModelSpec(name="tiny", model=str(qwen_dir), family="decoder", method="qlora",
+    base = ModelSpec(name="tiny", model=str(qwen_dir), family="decoder", method="qlora", backend="hf",
                      train=TrainConfig(learning_rate=5e-3, epochs=1, batch_size=8, max_length=32, warmup_ratio=0.0))
     return dataclasses.replace(base, **kw)
 
 
 def logits(model, ids, mask=None):
     model.eval()
+    device = next(model.parameters()).device  # these CPU tests also run on a GPU machine
+    mask = torch.ones_like(ids) if mask is None else mask
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids) if mask is None else mask).logits
+        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
 
 
 def test_qlora_trains_only_lora_and_head(qwen_dir, dataset, tmp_path):
