@@ -89,10 +89,29 @@ def plain_checkpoint(location: str, gguf_file: str, cache_dir: Path) -> str:
 # ---------------------------------------------------------------- the pieces a spec chooses
 
 
+def bf16_available() -> bool:
+    """bf16 arithmetic in hardware: a CUDA GPU that has it, or a CPU with AVX512-BF16 (or AMX)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    return bool(cpu and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()))
+
+
 def compute_dtype(spec: ModelSpec) -> torch.dtype:
-    if spec.train.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    """The dtype matmuls run in (the Trainer's autocast, 4-bit compute, prediction)."""
+    return torch.bfloat16 if spec.train.bf16 and bf16_available() else torch.float32
+
+
+def weights_dtype(spec: ModelSpec) -> torch.dtype:
+    """Weights that are trained stay in float32 (bf16 would lose small updates); frozen ones may be bf16."""
+    return torch.float32 if spec.method == "full" else compute_dtype(spec)
+
+
+def upcast_trainable(model: nn.Module) -> None:
+    """LoRA weights and the head are updated by the optimizer: keep them in float32 under bf16 autocast."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def quantization_config(spec: ModelSpec):
@@ -133,7 +152,9 @@ def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
         target_modules=list(lora.target_modules),
         modules_to_save=[head],
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    upcast_trainable(model)
+    return model
 
 
 def keep_cpu_weights_trainable(model: nn.Module) -> None:
@@ -198,7 +219,7 @@ def pretrained_model(spec: ModelSpec, labels: list[str], location: str) -> nn.Mo
         model = AutoModelForTokenClassification.from_pretrained(
             location,
             **label_maps(labels),
-            dtype=compute_dtype(spec),
+            dtype=weights_dtype(spec),
             quantization_config=quantization_config(spec),
             device_map={"": 0} if torch.cuda.is_available() else None,
             attn_implementation="sdpa",
@@ -225,18 +246,25 @@ def finish(model: nn.Module, tokenizer, spec: ModelSpec, backend: str) -> Built:
     unmasked = attention.apply(model, spec.attention, spec.bidirectional_layers) if spec.is_decoder else 0
     if spec.method in ("lora", "qlora"):
         model = add_lora(model, spec, head)
+    details = describe(model, spec, backend, unmasked)
+    return Built(model, tokenizer, backend, head, details)
+
+
+def describe(model: nn.Module, spec: ModelSpec, backend: str, bidirectional_layers: int) -> dict:
+    """How the model was built, for the record and the table."""
     total, trainable = count_parameters(model)
-    details = {
+    dtype = str(compute_dtype(spec)).replace("torch.", "")
+    quantization = f"nf4-double-quant, {dtype} compute" if spec.method == "qlora" else f"{dtype} compute"
+    return {
         "backend": backend,
         "method": spec.method,
-        "quantization": "nf4-double-quant" if spec.method == "qlora" else str(compute_dtype(spec)).replace("torch.", ""),
+        "quantization": quantization,
         "attention": spec.attention if spec.is_decoder else "bidirectional (encoder)",
-        "bidirectional_layers": unmasked,
+        "bidirectional_layers": bidirectional_layers,
         "lora_r": spec.lora.r if spec.lora else None,
         "params_total": total,
         "params_trainable": trainable,
     }
-    return Built(model, tokenizer, backend, head, details)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -328,5 +356,6 @@ def load_case(folder: str | Path, cache_dir: Path) -> Built:
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if not full:
+        getattr(model, head).float()  # the head was trained in float32 (upcast_trainable); load it as such
         model = PeftModel.from_pretrained(model, folder)
     return Built(model, tokenizer_for(str(folder)), "hf", head, {})

@@ -159,6 +159,8 @@ def load_records(paths: Iterable[str | Path]) -> list[RunRecord]:
                 data = json.loads(f.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError, UnicodeDecodeError):
                 continue
+            if isinstance(data, dict) and "case" not in data:  # a baselines file: {mode: {case: record}}
+                data = [r for per_mode in data.values() if isinstance(per_mode, dict) for r in per_mode.values()]
             for d in data if isinstance(data, list) else [data]:
                 if not isinstance(d, dict) or "case" not in d:
                     continue
@@ -167,3 +169,17 @@ def load_records(paths: Iterable[str | Path]) -> list[RunRecord]:
                 if k not in found or r.created > found[k].created:
                     found[k] = r
     return list(found.values())
+
+
+def merge_baselines(records: Iterable[RunRecord], path: str | Path) -> Path:
+    """Merge finished, real (not synthetic) records into a baselines file: ``{mode: {case: record}}``."""
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for r in records:
+        if r.status in ("passed", "failed") and r.error is None and not r.synthetic:
+            d = r.to_dict()
+            d["metrics"] = {k: v for k, v in d["metrics"].items() if k != "dev_history"}
+            d["cost"].pop("reused", None)
+            data.setdefault(r.mode, {})[r.case] = d
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path

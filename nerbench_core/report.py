@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .records import load_records
+from .records import load_records, merge_baselines
 from .table import render
 
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", metavar="BASELINES", help="baselines file: add the F1 change per case")
     ap.add_argument("--mode", choices=["quick", "full"], help="only records of this mode")
     ap.add_argument("--format", default="github", help="tabulate table format (github, grid, latex, ...)")
+    ap.add_argument("--save-baselines", metavar="FILE", help="merge these records into a baselines file")
     args = ap.parse_args(argv)
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         baselines = {r.case: stored[r.mode][r.case]["metrics"]["test"]["f1"]
                      for r in records if r.case in stored.get(r.mode, {})}
     print(render(records, baselines, fmt=args.format))
+    if args.save_baselines:
+        print(f"baselines: {merge_baselines(records, args.save_baselines)}")
     return 0 if records else 1
 
 

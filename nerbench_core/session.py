@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .data import NerDataset
 from .modeling import ModelUnavailable
-from .records import ResultStore, RunRecord
+from .records import ResultStore, RunRecord, merge_baselines
 from .runner import RunOptions, effective_spec, key_for, new_record, release_memory
 from .specs import ModelSpec
 
@@ -111,13 +111,4 @@ class Session:
         return self.store.path_for(record)
 
     def save_baselines(self, path: str | Path) -> Path:
-        """Merge this run's finished records into a baselines file, keyed by mode and case."""
-        path = Path(path)
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        for r in self.records:
-            if r.status in ("passed", "failed") and r.error is None and not r.synthetic:
-                d = r.to_dict()
-                d["metrics"] = {k: v for k, v in d["metrics"].items() if k != "dev_history"}
-                data.setdefault(r.mode, {})[r.case] = d
-        path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        return path
+        return merge_baselines(self.records, path)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from .modeling import Built, count_parameters, label_maps, weights_location
+from .modeling import Built, describe, label_maps, weights_location
 from .specs import ModelSpec
 
 HEAD_FILE = "head.safetensors"
@@ -87,13 +87,7 @@ def load(spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
     torch.manual_seed(spec.train.seed)
     classifier = UnslothTokenClassifier(model, len(labels))
     classifier.config.update(label_maps(labels))
-    total, trainable = count_parameters(classifier)
-    return Built(classifier, tokenizer, "unsloth", "score", {
-        "backend": "unsloth", "method": spec.method,
-        "quantization": "nf4-double-quant (unsloth)" if spec.method == "qlora" else "bfloat16",
-        "attention": spec.attention, "bidirectional_layers": 0, "lora_r": lora.r,
-        "params_total": total, "params_trainable": trainable,
-    })
+    return Built(classifier, tokenizer, "unsloth", "score", describe(classifier, spec, "unsloth", 0))
 
 
 def load_saved(folder: str | Path, spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:

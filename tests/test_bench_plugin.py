@@ -30,6 +30,10 @@ def suite(pytester, body):
     return pytester.makefile(".toml", suite=body)
 
 
+def tiny_bert_suite(pytester, model, floor=""):
+    return suite(pytester, f'[[model]]\nname = "tiny-bert"\nmodel = "{model}"\ntrain = {TRAIN}\n{floor}')
+
+
 def run(pytester, data, suite_file, *args):
     return pytester.runpytest_subprocess("test_ner.py", "--data-dir", str(data), "--suite", str(suite_file),
                                          "--results-dir", "results", "--cache-dir", "cache", "-p", "no:cacheprovider", "-ra",
@@ -38,8 +42,7 @@ def run(pytester, data, suite_file, *args):
 
 def test_a_tiny_bert_trains_writes_its_record_and_shows_in_the_table(bench):
     pytester, data, model = bench
-    s = suite(pytester, f'[[model]]\nname = "tiny-bert"\nmodel = "{model}"\ntrain = {TRAIN}\n'
-                        'floor = { f1 = 0.0, quick = 0.0, source = "test" }\n')
+    s = tiny_bert_suite(pytester, model, 'floor = { f1 = 0.0, quick = 0.0, source = "test" }\n')
     result = run(pytester, data, s, "--quick")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*nerbench results*", "*| tiny-bert *| quick *| full *| hf *passed*"])
@@ -64,8 +67,7 @@ def test_a_tiny_bert_trains_writes_its_record_and_shows_in_the_table(bench):
 
 def test_floor_failure_message_names_f1_floor_and_record(bench):
     pytester, data, model = bench
-    s = suite(pytester, f'[[model]]\nname = "tiny-bert"\nmodel = "{model}"\ntrain = {TRAIN}\n'
-                        'floor = { f1 = 1.01, quick = 1.01, source = "impossible on purpose" }\n')
+    s = tiny_bert_suite(pytester, model, 'floor = { f1 = 1.01, quick = 1.01, source = "impossible on purpose" }\n')
     result = run(pytester, data, s, "--quick")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*test F1 * is below its floor 101.00*impossible on purpose*record: *results*.json*"])
@@ -96,7 +98,7 @@ def test_xdist_workers_report_to_one_table(bench):
 
 def test_compare_fails_a_case_that_fell_below_its_baseline(bench):
     pytester, data, model = bench
-    s = suite(pytester, f'[[model]]\nname = "tiny-bert"\nmodel = "{model}"\ntrain = {TRAIN}\n')
+    s = tiny_bert_suite(pytester, model)
     run(pytester, data, s, "--quick", "--save-baselines", "base.json").assert_outcomes(passed=1)
     base = json.loads((pytester.path / "base.json").read_text())
     base["quick"]["tiny-bert"]["metrics"]["test"]["f1"] += 0.05  # pretend the baseline was 5 points better

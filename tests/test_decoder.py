@@ -34,7 +34,8 @@ def logits(model, ids, mask=None):
     model.eval()
     device = next(model.parameters()).device  # these CPU tests also run on a GPU machine
     mask = torch.ones_like(ids) if mask is None else mask
-    with torch.no_grad():
+    mixed = any(p.dtype == torch.bfloat16 for p in model.parameters())  # bf16 frozen weights, fp32 trained ones
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
         return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
 
 
