@@ -1,0 +1,38 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from nerbench_core.training import BestOnDev, LossCurve
+
+
+class Collator:
+    counting = True
+
+
+def test_best_dev_epoch_weights_are_restored_at_the_end():
+    model = nn.Linear(2, 2)
+    frozen = nn.Parameter(torch.zeros(2), requires_grad=False)
+    model.register_parameter("frozen", frozen)
+    scores = iter([0.5, 0.8, 0.6])  # dev F1 after epochs 1, 2, 3: epoch 2 is best
+    selection = BestOnDev(lambda m: {"f1": next(scores)}, Collator())
+    weights = {}
+    for epoch in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        weights[epoch] = model.weight.detach().clone()
+        selection.on_epoch_end(None, SimpleNamespace(global_step=epoch * 10, epoch=float(epoch)), None, model=model)
+    selection.on_train_end(None, SimpleNamespace(global_step=30, epoch=3.0), None, model=model)
+    assert selection.best["epoch"] == 2.0 and selection.best["dev_f1"] == 0.8
+    assert torch.equal(model.weight, weights[2])
+    assert [h["dev_f1"] for h in selection.history] == [0.5, 0.8, 0.6]  # no second scoring at train end
+
+
+def test_a_nan_loss_stops_the_case_with_its_reason():
+    curve = LossCurve()
+    curve.on_log(None, SimpleNamespace(global_step=5, epoch=0.1), None, logs={"loss": 1.25})
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 6"):
+        curve.on_log(None, SimpleNamespace(global_step=6, epoch=0.2), None, logs={"loss": math.nan})
+    assert curve.points[0] == {"step": 5, "epoch": 0.1, "loss": 1.25}
