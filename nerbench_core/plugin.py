@@ -70,12 +70,18 @@ _KEY = pytest.StashKey()
 def _pin_worker_gpu(config) -> None:
     """Give each xdist worker its own GPU, before anything initializes CUDA in this process."""
     worker = getattr(config, "workerinput", {}).get("workerid")
-    if worker is None or "CUDA_VISIBLE_DEVICES" in os.environ and not config.getoption("--gpus"):
+    if worker is None:
         return
-    ids = config.getoption("--gpus")
-    gpus = ids.split(",") if ids else _visible_gpus()
-    if gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[int(worker.lstrip("gw")) % len(gpus)]
+    ids = config.getoption("--gpus") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpu = worker_gpu(worker, ids.split(",") if ids else _visible_gpus())
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def worker_gpu(worker: str, gpus: list[str]) -> str | None:
+    """Worker gwN gets the N-th GPU of the list, round robin (more workers than GPUs share them)."""
+    gpus = [g.strip() for g in gpus if g.strip()]
+    return gpus[int(worker.removeprefix("gw")) % len(gpus)] if gpus else None
 
 
 def _visible_gpus() -> list[str]:
@@ -94,26 +100,27 @@ def pytest_configure(config):
         _preload_unsloth()
     from .runner import RunOptions
     from .session import Baselines, Session
+    from .specs import SpecError, parse_override
 
     config.addinivalue_line("markers", "bench: a benchmark case (fine-tunes a model)")
     config.addinivalue_line("markers", "encoder: encoder model case")
     config.addinivalue_line("markers", "decoder: decoder model case")
     opt = config.getoption
-    from .specs import SpecError, parse_override
-
     overrides = {k: v for k, v in {"backend": opt("--backend"), "epochs": opt("--epochs")}.items() if v is not None}
     try:
         overrides.update(parse_override(text) for text in opt("nerbench_set"))
     except SpecError as err:
         raise pytest.UsageError(str(err)) from None
+    if opt("--compare") and not Path(opt("--compare")).is_file():
+        raise pytest.UsageError(f"--compare {opt('--compare')}: baselines file not found (--save-baselines writes one)")
     cache = Path(opt("--cache-dir")).resolve()
-    results = Path(opt("--results-dir")).resolve()
     options = RunOptions(cache_dir=cache, work_dir=cache / "trainer", quick=opt("--quick"),
                          synthetic=opt("--synthetic"), gpu_peak_tflops=opt("--gpu-peak-tflops"),
                          save_models=Path(opt("--save-models")).resolve() if opt("--save-models") else None,
                          overrides=overrides)
     baselines = Baselines.load(opt("--compare"), opt("--compare-fail")) if opt("--compare") else None
-    config.stash[_KEY] = Session(options, results, rerun=opt("--rerun"), baselines=baselines)
+    config.stash[_KEY] = Session(options, Path(opt("--results-dir")).resolve(), rerun=opt("--rerun"),
+                                 baselines=baselines)
 
 
 def pytest_generate_tests(metafunc):
@@ -197,6 +204,12 @@ def pytest_testnodedown(node, error):
 
     records = json.loads(getattr(node, "workeroutput", {}).get("nerbench_records", "[]"))
     _session(node.config).records.extend(RunRecord.from_dict(d) for d in records)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem, report, sched):
+    """An xdist worker died in a case (killed, segfault, out of host memory): record the case as failed."""
+    _session(sched.config).record_crash(crashitem, str(report.longrepr).strip().splitlines()[-1][:200])
 
 
 def pytest_terminal_summary(terminalreporter, config):

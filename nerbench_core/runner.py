@@ -5,6 +5,7 @@ This is the only training path; every model, method, attention mode and backend 
 from __future__ import annotations
 
 import gc
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,16 +85,20 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
             return predict_tags(model, splits[name], id2label, collate, spec.train.eval_batch_size, autocast)
 
         # 3. the Trainer trains; dev picks the epoch
+        # LoRA cases checkpoint every epoch (adapter, head and their optimizer state are small): a run killed
+        # in a long case continues from its last epoch. Full fine-tunes would write the whole model each time.
+        work = opts.work_dir / key_for(spec, dataset, opts)
         outcome = training.train(built.model, built.tokenizer, spec, splits["train"],
-                                 lambda m: score(gold["dev"], predict(m, "dev").tags),
-                                 opts.work_dir / key_for(spec, dataset, opts))
+                                 lambda m: score(gold["dev"], predict(m, "dev").tags), work,
+                                 checkpoints=built.backend == "hf" and spec.method != "full")
         # 4. test, scored once, with the weights of the best dev epoch
         test = predict(built.model, "test")
         test_metrics = score(gold["test"], test.tags)
         if opts.save_models:
             modeling.save_case(built, spec, dataset.labels, opts.save_models / spec.name)
         measured = measure(built, spec, splits, outcome, test, load_seconds, opts)
-        measured.update(cost.peak_memory())
+        measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from)
+        shutil.rmtree(work, ignore_errors=True)  # the case is done: its checkpoints are not needed
         return new_record(
             spec, dataset, opts, status="passed",
             metrics={"test": test_metrics, "dev_best": outcome.best.get("metrics", {}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,16 @@ class Session:
         self.store.write(record)
         self.records.append(record)
         return Outcome(record)
+
+    def record_crash(self, nodeid: str, reason: str) -> RunRecord:
+        """A case whose process died: a failed record with the reason (no run key: it is never reused)."""
+        case = nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in nodeid else nodeid
+        record = RunRecord(case=case, status="failed", run_key="crashed-" + uuid.uuid4().hex[:8],
+                           mode=self.options.mode, spec={}, spec_hash="", dataset={}, seed=0,
+                           error=f"worker crashed: {reason}", synthetic=self.options.synthetic)
+        self.store.write(record)
+        self.records.append(record)
+        return record
 
     def record_path(self, record: RunRecord) -> Path:
         return self.store.path_for(record)

@@ -8,6 +8,7 @@ checkpoint on disk. The test split is not looked at here.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -75,12 +76,35 @@ class BestOnDev(TrainerCallback):
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         self._score(state, model)
 
+    # The selection travels with Trainer checkpoints, so a resumed case still picks its best epoch among all.
+    def on_save(self, args, state, control, **kwargs):
+        from safetensors.torch import save_file
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        best = {k: v for k, v in (self.best or {}).items()}
+        (folder / SELECTION_FILE).write_text(json.dumps({"history": self.history, "best": best,
+                                                         "last_step": self._last_step}, default=float))
+        if self._best_weights:
+            save_file({k: v.contiguous() for k, v in self._best_weights.items()}, str(folder / BEST_WEIGHTS_FILE))
+
+    def restore(self, checkpoint: Path) -> None:
+        from safetensors.torch import load_file
+
+        saved = json.loads((checkpoint / SELECTION_FILE).read_text())
+        self.history, self.best, self._last_step = saved["history"], saved["best"] or None, saved["last_step"]
+        if (checkpoint / BEST_WEIGHTS_FILE).is_file():
+            self._best_weights = load_file(str(checkpoint / BEST_WEIGHTS_FILE))
+
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._score(state, model)  # a fractional last epoch ends without on_epoch_end
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in self._best_weights.items():
                 params[name].copy_(value.to(params[name].device))
+
+
+SELECTION_FILE = "nerbench_selection.json"
+BEST_WEIGHTS_FILE = "nerbench_best_trainable.safetensors"
 
 
 class LossCurve(TrainerCallback):
@@ -165,7 +189,7 @@ class NerTrainer(Trainer):
         return self.accelerator.prepare(loader)
 
 
-def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int) -> TrainingArguments:
+def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, checkpoints: bool) -> TrainingArguments:
     t = spec.train
     steps_per_epoch = max(1, math.ceil(n_examples / t.batch_size))
     return TrainingArguments(
@@ -183,7 +207,8 @@ def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int) -> Tr
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         eval_strategy="no",  # dev is scored by BestOnDev, with predictions mapped by index
-        save_strategy="no",
+        save_strategy="epoch" if checkpoints else "no",
+        save_total_limit=1,  # only the last epoch is needed to resume
         logging_steps=max(1, min(50, steps_per_epoch // 4)),
         report_to="none",
         disable_tqdm=True,
@@ -202,6 +227,7 @@ class TrainOutcome:
     best: dict
     dev_history: list[dict] = field(default_factory=list)
     loss_curve: list[dict] = field(default_factory=list)
+    resumed_from: str | None = None  # the checkpoint a crashed run was continued from
 
     @property
     def tokens_per_second(self) -> float:
@@ -209,22 +235,28 @@ class TrainOutcome:
 
 
 def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSplit,
-          evaluate_dev: Callable[[nn.Module], dict], output_dir: Path) -> TrainOutcome:
+          evaluate_dev: Callable[[nn.Module], dict], output_dir: Path, checkpoints: bool = False) -> TrainOutcome:
+    """Train with the Trainer; with ``checkpoints``, save every epoch and continue from the last one found."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     collator = CountingCollator(tokenizer)
     selection = BestOnDev(evaluate_dev, collator)
     curve = LossCurve()
     trainer = NerTrainer(
         model=model,
         max_tokens_per_batch=spec.train.max_tokens_per_batch,
-        args=training_arguments(spec, output_dir, len(train_split.examples)),
+        args=training_arguments(spec, output_dir, len(train_split.examples), checkpoints),
         train_dataset=ListDataset(train_split),
         data_collator=collator,
         callbacks=[selection, curve],
     )
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    resume = get_last_checkpoint(str(output_dir)) if checkpoints and output_dir.is_dir() else None
+    if resume:
+        selection.restore(Path(resume))
     t0 = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     dev_seconds = sum(h["seconds"] for h in selection.history)
@@ -237,4 +269,5 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
         best=selection.best or {},
         dev_history=selection.history,
         loss_curve=curve.points,
+        resumed_from=Path(resume).name if resume else None,
     )

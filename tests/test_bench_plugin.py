@@ -119,3 +119,18 @@ def test_shards_split_a_suite_and_the_largest_cases_come_first(bench):
     assert "qwen1.5-7b" in first and "bert-base-cased" in first and "qwen1.5-0.5b" not in first
     assert "qwen1.5-0.5b" in second and "qwen1.5-7b" not in second
     run(pytester, data, s, "--collect-only", "--shard", "3/2").stderr.fnmatch_lines(["*--shard '3/2': expected I/N*"])
+
+
+def test_a_crashed_worker_leaves_a_failed_record_and_the_others_finish(bench):
+    pytester, data, model = bench
+    # a conftest that kills the worker process in the middle of the "crash" case, as an OOM kill would
+    pytester.makeconftest('pytest_plugins = ["nerbench_core.plugin"]\nimport os, pytest\n\n'
+                          '@pytest.fixture(autouse=True)\ndef die(request):\n'
+                          '    if "crash" in request.node.name:\n        os._exit(9)\n')
+    s = suite(pytester, "".join(f'[[model]]\nname = "{n}"\nmodel = "{model}"\ntrain = {TRAIN}\n\n'
+                                for n in ("crash", "fine")).replace("epochs = 2", "epochs = 1"))
+    result = run(pytester, data, s, "--quick", "-n", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*| crash *failed: worker crashed*"])
+    (crashed,) = (pytester.path / "results").glob("crash-*.json")
+    assert json.loads(crashed.read_text())["error"].startswith("worker crashed")

@@ -101,3 +101,39 @@ def test_saved_adapter_and_head_reload_to_the_same_predictions(qwen_dir, tmp_pat
     folder = modeling.save_case(built, spec, ["O", "B-PER", "I-PER"], tmp_path / "saved")
     reloaded = modeling.load_case(folder, tmp_path)
     torch.testing.assert_close(logits(reloaded.model, ids), expected)
+
+
+def test_a_killed_lora_case_resumes_from_its_last_epoch(qwen_dir, dataset, tmp_path):
+    spec = spec_for(qwen_dir, method="lora")
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=2))
+    label2id = {l: i for i, l in enumerate(dataset.labels)}
+
+    def run(work, evaluate_fails_at=None):
+        torch.manual_seed(0)
+        built = modeling.build(spec, dataset.labels, tmp_path)
+        enc = WordEncoder(built.tokenizer, spec.train.max_length)
+        train_split, dev_split = enc.encode(dataset["train"], label2id), enc.encode(dataset["dev"], label2id)
+        collate = training.CountingCollator(built.tokenizer).pad
+        gold = [list(s.tags) for s in dataset["dev"]]
+        calls = []
+
+        def evaluate(m):
+            calls.append(1)
+            if len(calls) == evaluate_fails_at:
+                raise RuntimeError("killed")  # as if the process died during epoch 2
+            return score(gold, predict_tags(m, dev_split, dict(enumerate(dataset.labels)), collate, 16).tags)
+
+        outcome = training.train(built.model, built.tokenizer, spec, train_split, evaluate, work, checkpoints=True)
+        return outcome, {n: p.detach().clone() for n, p in built.model.named_parameters() if p.requires_grad}
+
+    straight, straight_weights = run(tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "crashy", evaluate_fails_at=2)
+    assert (tmp_path / "crashy" / "checkpoint-8").is_dir()  # epoch 1 was saved
+    resumed, resumed_weights = run(tmp_path / "crashy")
+    assert resumed.resumed_from == "checkpoint-8" and straight.resumed_from is None
+    assert [h["epoch"] for h in resumed.dev_history] == [1.0, 2.0]
+    assert [h["dev_f1"] for h in resumed.dev_history] == [h["dev_f1"] for h in straight.dev_history]
+    assert resumed.best["epoch"] == straight.best["epoch"]
+    for name, value in straight_weights.items():  # the same model as a run that was never interrupted
+        torch.testing.assert_close(resumed_weights[name], value)

@@ -88,3 +88,11 @@ def test_token_budget_batches_respect_the_budget_and_cover_every_sentence():
         assert all(len(b) <= 64 and max(lengths[i] for i in b) * len(b) <= 512 for b in batches)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     assert sum(lengths) / padded > 0.9  # sorted pools leave little padding
+
+
+def test_xdist_workers_get_gpus_round_robin():
+    from nerbench_core.plugin import worker_gpu
+
+    assert [worker_gpu(f"gw{i}", ["0", "1"]) for i in range(4)] == ["0", "1", "0", "1"]
+    assert worker_gpu("gw1", "2, 3".split(",")) == "3"  # from --gpus or CUDA_VISIBLE_DEVICES
+    assert worker_gpu("gw0", []) is None  # no GPU: nothing to pin
