@@ -183,7 +183,8 @@ def tokenizer_for(location: str):
 
 
 def label_maps(labels: list[str]) -> dict:
-    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}}
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}}
 
 
 # ---------------------------------------------------------------- backends

@@ -17,12 +17,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from filelock import FileLock
 
 SCHEMA = 1
-STATUSES = ("passed", "failed", "skipped", "error")
 
 
 @dataclass
@@ -77,7 +76,8 @@ def git_commit(cwd: str | Path | None = None) -> dict:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None, "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None,
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
 
 
 def versions(packages: Iterable[str] = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",

@@ -62,7 +62,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
     set_seed(spec.train.seed)
     cost.reset_peak_memory()
     id2label = dict(enumerate(dataset.labels))
-    label2id = {l: i for i, l in id2label.items()}
+    label2id = {label: i for i, label in id2label.items()}
 
     # 1. model and tokenizer, as the spec says
     t0 = time.perf_counter()
@@ -85,12 +85,13 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
             return predict_tags(model, splits[name], id2label, collate, spec.train.eval_batch_size, autocast)
 
         # 3. the Trainer trains; dev picks the epoch
-        # LoRA cases checkpoint every epoch (adapter, head and their optimizer state are small): a run killed
-        # in a long case continues from its last epoch. Full fine-tunes would write the whole model each time.
+        # Full-data LoRA cases checkpoint every epoch (adapter, head and their optimizer state are small): a run
+        # killed in a long case continues from its last epoch. Full fine-tunes would write the whole model each
+        # time, and quick runs are over in minutes.
         work = opts.work_dir / key_for(spec, dataset, opts)
         outcome = training.train(built.model, built.tokenizer, spec, splits["train"],
                                  lambda m: score(gold["dev"], predict(m, "dev").tags), work,
-                                 checkpoints=built.backend == "hf" and spec.method != "full")
+                                 checkpoints=built.backend == "hf" and spec.method != "full" and not opts.quick)
         # 4. test, scored once, with the weights of the best dev epoch
         test = predict(built.model, "test")
         test_metrics = score(gold["test"], test.tags)

@@ -1,6 +1,5 @@
 """End to end through pytest itself (pytester): the bench test, the plugin, the store and the table."""
 import json
-import os
 import shutil
 from pathlib import Path
 
