@@ -99,7 +99,8 @@ def pytest_configure(config):
     if config.getoption("--backend") != "hf":
         _preload_unsloth()
     from .runner import RunOptions
-    from .session import Baselines, Session
+    from .records import Baselines
+    from .session import Session
     from .specs import SpecError, parse_override
 
     config.addinivalue_line("markers", "bench: a benchmark case (fine-tunes a model)")
@@ -220,10 +221,7 @@ def pytest_terminal_summary(terminalreporter, config):
         return
     from .table import render
 
-    baselines = None
-    if session.baselines is not None:
-        baselines = {r.case: session.baselines.f1(r.case, r.mode) for r in session.records}
-        baselines = {k: v for k, v in baselines.items() if v is not None}
+    baselines = session.baselines.for_records(session.records) if session.baselines is not None else None
     terminalreporter.section("nerbench results")
     terminalreporter.write_line(render(session.records, baselines))
     terminalreporter.write_line(f"records: {session.store.folder}")

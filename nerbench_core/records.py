@@ -63,6 +63,40 @@ def run_key(spec_hash: str, fingerprint: str, seed: int, mode: str, synthetic: b
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+@dataclass
+class Baselines:
+    """Stored results to compare with: ``{mode: {case: record dict}}`` in one JSON file."""
+
+    path: Path
+    tolerance: float  # F1 points (0-100 scale) a case may fall below its baseline
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path, tolerance: float) -> "Baselines":
+        path = Path(path)
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return cls(path, tolerance, data)
+
+    def f1(self, case: str, mode: str) -> float | None:
+        entry = self.data.get(mode, {}).get(case)
+        return entry["metrics"]["test"]["f1"] if entry else None
+
+    def for_records(self, records: Iterable[RunRecord]) -> dict[str, float]:
+        """Baseline F1 per case, for the table's change column."""
+        found = {r.case: self.f1(r.case, r.mode) for r in records}
+        return {case: f1 for case, f1 in found.items() if f1 is not None}
+
+    def regression(self, record: RunRecord) -> str | None:
+        base = self.f1(record.case, record.mode)
+        if base is None or record.f1 is None:
+            return None
+        drop = 100 * (base - record.f1)
+        if drop > self.tolerance:
+            return (f"{record.case}: test F1 {100 * record.f1:.2f} is {drop:.2f} points below the baseline "
+                    f"{100 * base:.2f} in {self.path} (tolerance {self.tolerance:.2f})")
+        return None
+
+
 # ---------------------------------------------------------------- environment
 
 

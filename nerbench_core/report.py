@@ -7,11 +7,10 @@ Folders from several hosts (or shards) are merged; for each case and run key the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .records import load_records, merge_baselines
+from .records import Baselines, load_records, merge_baselines
 from .table import render
 
 
@@ -27,11 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         ap.error(f"not found: {', '.join(missing)}")
     records = [r for r in load_records(args.paths) if args.mode in (None, r.mode)]
-    baselines = None
-    if args.compare:
-        stored = json.loads(Path(args.compare).read_text(encoding="utf-8"))
-        baselines = {r.case: stored[r.mode][r.case]["metrics"]["test"]["f1"]
-                     for r in records if r.case in stored.get(r.mode, {})}
+    baselines = Baselines.load(args.compare, tolerance=0.0).for_records(records) if args.compare else None
     print(render(records, baselines, fmt=args.format))
     if args.save_baselines:
         print(f"baselines: {merge_baselines(records, args.save_baselines)}")

@@ -4,15 +4,14 @@ No pytest here: the plugin creates one of these and its hooks call into it.
 """
 from __future__ import annotations
 
-import json
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .data import NerDataset
 from .modeling import ModelUnavailable
-from .records import ResultStore, RunRecord, merge_baselines
+from .records import Baselines, ResultStore, RunRecord, merge_baselines
 from .runner import RunOptions, effective_spec, key_for, new_record, release_memory
 from .specs import ModelSpec
 
@@ -33,35 +32,6 @@ def error_reason(err: BaseException) -> str:
     if "out of memory" in text.lower():
         return "CUDA out of memory: " + str(err).splitlines()[0][:200]
     return text.splitlines()[0][:300]
-
-
-@dataclass
-class Baselines:
-    """Stored results to compare with: ``{mode: {case: record dict}}`` in one JSON file."""
-
-    path: Path
-    tolerance: float  # F1 points (0-100 scale) a case may fall below its baseline
-    data: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path, tolerance: float) -> "Baselines":
-        path = Path(path)
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        return cls(path, tolerance, data)
-
-    def f1(self, case: str, mode: str) -> float | None:
-        entry = self.data.get(mode, {}).get(case)
-        return entry["metrics"]["test"]["f1"] if entry else None
-
-    def regression(self, record: RunRecord) -> str | None:
-        base = self.f1(record.case, record.mode)
-        if base is None or record.f1 is None:
-            return None
-        drop = 100 * (base - record.f1)
-        if drop > self.tolerance:
-            return (f"{record.case}: test F1 {100 * record.f1:.2f} is {drop:.2f} points below the baseline "
-                    f"{100 * base:.2f} in {self.path} (tolerance {self.tolerance:.2f})")
-        return None
 
 
 class Session:
