@@ -182,7 +182,10 @@ def ner_dataset(request):
         dataset = load_cached(opt("--data-dir"), session.options.cache_dir, opt("--hub-dataset") or DEFAULT_HUB_DATASET)
     except ConllFormatError:
         raise
-    except Exception as err:  # hub unreachable and nothing cached
+    except Exception as err:
+        if opt("--data-dir"):  # local files that cannot be read are an error, not a reason to skip
+            raise
+        # hub unreachable and nothing cached
         pytest.skip(f"dataset unavailable: {type(err).__name__}: {str(err).splitlines()[0][:200]} "
                     "(use --data-dir or NERBENCH_DATA_DIR for local files)")
     return sample(dataset, SampleSize()) if opt("--quick") else dataset
