@@ -81,8 +81,7 @@ class BestOnDev(TrainerCallback):
         from safetensors.torch import save_file
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        best = {k: v for k, v in (self.best or {}).items()}
-        (folder / SELECTION_FILE).write_text(json.dumps({"history": self.history, "best": best,
+        (folder / SELECTION_FILE).write_text(json.dumps({"history": self.history, "best": self.best,
                                                          "last_step": self._last_step}, default=float))
         if self._best_weights:
             save_file({k: v.contiguous() for k, v in self._best_weights.items()}, str(folder / BEST_WEIGHTS_FILE))
@@ -255,11 +254,12 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     resume = get_last_checkpoint(str(output_dir)) if checkpoints and output_dir.is_dir() else None
     if resume:
         selection.restore(Path(resume))
+    earlier = len(selection.history)  # dev scorings of the interrupted run, not timed in this one
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    dev_seconds = sum(h["seconds"] for h in selection.history)
+    dev_seconds = sum(h["seconds"] for h in selection.history[earlier:])
     seconds = time.perf_counter() - t0 - dev_seconds  # training alone: dev scoring is timed on its own
     return TrainOutcome(
         seconds=seconds,

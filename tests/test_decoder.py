@@ -132,6 +132,7 @@ def test_a_killed_lora_case_resumes_from_its_last_epoch(qwen_dir, dataset, tmp_p
     assert (tmp_path / "crashy" / "checkpoint-8").is_dir()  # epoch 1 was saved
     resumed, resumed_weights = run(tmp_path / "crashy")
     assert resumed.resumed_from == "checkpoint-8" and straight.resumed_from is None
+    assert resumed.seconds > 0  # epoch 1's dev scoring was timed by the killed run, not subtracted here
     assert [h["epoch"] for h in resumed.dev_history] == [1.0, 2.0]
     assert [h["dev_f1"] for h in resumed.dev_history] == [h["dev_f1"] for h in straight.dev_history]
     assert resumed.best["epoch"] == straight.best["epoch"]
