@@ -63,7 +63,6 @@ def plain_checkpoint(location: str, gguf_file: str, cache_dir: Path) -> str:
     transformers keeps a GGUF quantizer on models loaded with ``gguf_file=``, and the Trainer and
     ``save_pretrained`` refuse such a model although its weights are already dequantized.
     """
-    from filelock import FileLock
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = Path(location) / gguf_file
@@ -72,18 +71,29 @@ def plain_checkpoint(location: str, gguf_file: str, cache_dir: Path) -> str:
     st = source.stat()
     key = hashlib.sha256(f"{source.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir / "gguf" / f"{source.stem}-{key}"
-    with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():
-            return str(target)
+
+    def write(folder: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, dtype=torch.float32)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = target.with_name(target.name + ".tmp")
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(location, gguf_file=gguf_file).save_pretrained(tmp)
-        tmp.replace(target)  # all or nothing: a killed conversion leaves no half checkpoint behind
-    return str(target)
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(location, gguf_file=gguf_file).save_pretrained(folder)
+
+    return str(checkpoint_once(target, write))
+
+
+def checkpoint_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """A model folder in the cache, written once: later calls (and other xdist workers, which wait on the
+    lock) find it. It is written beside its place and renamed: a killed write leaves no half checkpoint."""
+    from filelock import FileLock
+
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").is_file():
+            tmp = target.with_name(target.name + ".tmp")
+            write(tmp)
+            tmp.replace(target)
+    return target
 
 
 # ---------------------------------------------------------------- the pieces a spec chooses

@@ -46,7 +46,8 @@ class Session:
     def run(self, spec: ModelSpec, dataset: NerDataset) -> Outcome:
         from .runner import run_case
 
-        key = key_for(effective_spec(spec, self.options), dataset, self.options)
+        run_spec = effective_spec(spec, self.options)
+        key = key_for(run_spec, dataset, self.options)
         if not self.rerun:
             stored = self.store.find(key, spec.name)
             if stored is not None:
@@ -57,12 +58,11 @@ class Session:
         try:
             record = run_case(spec, dataset, self.options)
         except ModelUnavailable as err:
-            record = new_record(effective_spec(spec, self.options), dataset, self.options, "skipped", error=str(err))
+            record = new_record(run_spec, dataset, self.options, "skipped", error=str(err))
             self.records.append(record)
             return Outcome(record, skipped=str(err))
         except Exception as err:  # the case fails with its reason; the next case runs on
-            failed = new_record(effective_spec(spec, self.options), dataset, self.options, "failed",
-                                error=error_reason(err))
+            failed = new_record(run_spec, dataset, self.options, "failed", error=error_reason(err))
             failed.cost["traceback"] = traceback.format_exc()[-4000:]
         if failed is not None:
             # raised outside the except block, so no frame of the failed case (nor the GPU memory its model

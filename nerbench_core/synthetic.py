@@ -29,18 +29,15 @@ def architectures(path: Path = ARCHITECTURES) -> dict[str, dict]:
 
 def random_checkpoint(name: str, cache_dir: Path, seed: int = 0) -> Path:
     """A folder with config, random weights (bf16) and a tokenizer for architecture ``name``."""
-    from filelock import FileLock
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from .modeling import weights_location
+    from .modeling import checkpoint_once, weights_location
 
     arch = dict(architectures().get(name) or {})
     if not arch:
         raise SpecError(f"architecture {name!r} is not in {ARCHITECTURES} (known: {', '.join(architectures())})")
-    target = cache_dir / "synthetic" / name
-    with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():
-            return target
+
+    def write(folder: Path) -> None:
         kind = arch.pop("tokenizer")
         saved = os.environ.get("NERBENCH_TOKENIZERS")  # a folder with encoder/ and decoder/ tokenizers, for
         # machines without the model packages (export_tokenizers writes one)
@@ -52,11 +49,10 @@ def random_checkpoint(name: str, cache_dir: Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init is much faster on a GPU
             model = AutoModel.from_config(config, dtype=torch.bfloat16)
-        tmp = target.with_name(target.name + ".tmp")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.replace(target)
-    return target
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return checkpoint_once(cache_dir / "synthetic" / name, write)
 
 
 def synthetic_spec(spec: ModelSpec, cache_dir: Path) -> ModelSpec:
