@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import attention
-from .specs import ModelSpec
+from .specs import RANDOM, ModelSpec
 
 HEAD_NAMES = ("score", "classifier")  # token-classification heads of decoders / encoders in transformers
 SPEC_FILE = "nerbench_case.json"
@@ -148,11 +148,10 @@ def head_name(model: nn.Module) -> str:
 
 def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
     """LoRA on the spec's projections; the head is trained in full and saved with the adapter."""
-    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, TaskType, get_peft_model
 
     if spec.method == "qlora":
-        # fp32 norms and input grads for checkpointing; gradient checkpointing itself is the Trainer's
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        freeze_quantized_base(model)
     lora = spec.lora
     config = LoraConfig(
         task_type=TaskType.TOKEN_CLS,
@@ -165,6 +164,19 @@ def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
     model = get_peft_model(model, config)
     upcast_trainable(model)
     return model
+
+
+def freeze_quantized_base(model: nn.Module) -> None:
+    """Freeze the base model under QLoRA; its unquantized weights (embedding, norms, biases) stay in bf16.
+
+    peft's ``prepare_model_for_kbit_training`` would cast them to float32. Measured on Qwen1.5-7B (H100,
+    torch.profiler, docs/PERFORMANCE.md): float32 norm weights make every norm output float32, so each 4-bit
+    matmul casts its dequantized weight to float32 and autocast casts it back, a tenth of the GPU time; and
+    a float32 copy of the embedding table costs 3 GB on Qwen1.5-14B. The norms compute in float32 inside
+    anyway, and the trained weights (LoRA, head) are float32 (:func:`upcast_trainable`).
+    """
+    for p in model.parameters():
+        p.requires_grad = False
 
 
 def keep_cpu_weights_trainable(model: nn.Module) -> None:
@@ -182,9 +194,13 @@ def keep_cpu_weights_trainable(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def tokenizer_for(location: str):
+def tokenizer_for(location: str, cache_dir: Path | None = None):
     from transformers import AutoTokenizer
 
+    if location.startswith(RANDOM):
+        from .synthetic import tokenizer_location
+
+        location = tokenizer_location(location, cache_dir or Path(".nerbench_cache"))
     tok = AutoTokenizer.from_pretrained(location)
     tok.padding_side = "right"  # labels are padded on the right too; causal models never see pads this way
     if tok.pad_token is None:  # decoders ship without one; padding is masked, so any known token serves
@@ -201,8 +217,20 @@ def label_maps(labels: list[str]) -> dict:
 
 
 def weights_location(spec: ModelSpec, cache_dir: Path) -> str:
+    """Where the weights are: a folder or hub id, or ``random:NAME`` (built in memory by :func:`pretrained_model`)."""
+    if spec.model.startswith(RANDOM):
+        return spec.model
     location = resolve_location(spec)
     return plain_checkpoint(location, spec.gguf_file, cache_dir) if spec.gguf_file else location
+
+
+def checkpoint_folder(spec: ModelSpec, cache_dir: Path) -> str:
+    """:func:`weights_location` for loaders that read only folders: random weights are written out once."""
+    if spec.model.startswith(RANDOM):
+        from .synthetic import random_checkpoint
+
+        return str(random_checkpoint(spec.model.removeprefix(RANDOM), cache_dir))
+    return weights_location(spec, cache_dir)
 
 
 @contextlib.contextmanager
@@ -223,18 +251,23 @@ def loading(spec: ModelSpec, location: str):
         ) from err
 
 
-def pretrained_model(spec: ModelSpec, labels: list[str], location: str) -> nn.Module:
+def pretrained_model(spec: ModelSpec, labels: list[str], location: str, cache_dir: Path) -> nn.Module:
     from transformers import AutoModelForTokenClassification
 
-    with loading(spec, location):
-        model = AutoModelForTokenClassification.from_pretrained(
-            location,
-            **label_maps(labels),
-            dtype=weights_dtype(spec),
-            quantization_config=quantization_config(spec),
-            device_map={"": 0} if torch.cuda.is_available() else None,
-            attn_implementation="sdpa",
-        )
+    if location.startswith(RANDOM):  # --synthetic: built layer by layer on the device, nothing on disk
+        from .synthetic import random_model
+
+        model = random_model(location, label_maps(labels), weights_dtype(spec), quantization_config(spec), cache_dir)
+    else:
+        with loading(spec, location):
+            model = AutoModelForTokenClassification.from_pretrained(
+                location,
+                **label_maps(labels),
+                dtype=weights_dtype(spec),
+                quantization_config=quantization_config(spec),
+                device_map={"": 0} if torch.cuda.is_available() else None,
+                attn_implementation="sdpa",
+            )
     if spec.method == "qlora":
         keep_cpu_weights_trainable(model)  # also keeps a reloaded model's numerics those of training
     return model
@@ -244,8 +277,8 @@ def load_hf(spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
     """transformers + peft + bitsandbytes; CPU or GPU."""
     location = weights_location(spec, cache_dir)
     with loading(spec, location):
-        tokenizer = tokenizer_for(location)
-    model = pretrained_model(spec, labels, location)
+        tokenizer = tokenizer_for(location, cache_dir)
+    model = pretrained_model(spec, labels, location, cache_dir)
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return finish(model, tokenizer, spec, backend="hf")
@@ -300,31 +333,33 @@ def load_unsloth(spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
 BACKENDS: dict[str, Callable[..., Built]] = {"hf": load_hf, "unsloth": load_unsloth}
 
 
-def unsloth_usable() -> bool:
-    # unsloth raises at import on a machine without CUDA, so it is only looked for where CUDA is
-    return torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None
-
-
 def choose_backend(spec: ModelSpec) -> tuple[str, str]:
-    """The backend a spec runs on, and why."""
+    """The backend a spec runs on, and why.
+
+    ``auto`` is hf: on this workload (short sentences, variable shapes) unsloth's compiled kernels meet new
+    shapes at most steps and were measured slower (docs/PERFORMANCE.md); it stays one ``backend`` away.
+    """
     if spec.backend == "unsloth":
         if not torch.cuda.is_available():
             raise ModelUnavailable(f"{spec.name}: backend 'unsloth' needs CUDA")
         if spec.attention == "bidirectional":
             raise ValueError(f"{spec.name}: the unsloth backend's fused kernels are causal; use backend 'hf'")
+        if spec.method == "full" or not spec.is_decoder:
+            raise ValueError(f"{spec.name}: the unsloth backend runs LoRA and QLoRA decoders; use backend 'hf'")
         return "unsloth", "asked for"
-    if spec.backend == "hf":
-        return "hf", "asked for"
-    if not spec.is_decoder:
-        return "hf", "encoder"
-    if spec.attention == "bidirectional":
-        return "hf", "bidirectional attention (unsloth kernels are causal)"
-    if spec.method == "full":
-        return "hf", "full fine-tune"
-    return ("unsloth", "CUDA and unsloth present") if unsloth_usable() else ("hf", "unsloth needs CUDA")
+    return "hf", "asked for" if spec.backend == "hf" else "default (measured faster than unsloth here)"
+
+
+def use_shape_agnostic_attention() -> None:
+    """SDPA without its cuDNN kernel, whose execution plan is built for each new shape (2-6 ms of CPU a call,
+    measured with torch.profiler on an H100): length-sorted batches meet a new shape at almost every step, and
+    that planning left the GPU idle a third of the time. The flash and memory-efficient kernels need no plan."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def build(spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
+    use_shape_agnostic_attention()
     backend, why = choose_backend(spec)
     built = BACKENDS[backend](spec, labels, cache_dir)
     built.details["backend_reason"] = why
@@ -358,14 +393,12 @@ def load_case(folder: str | Path, cache_dir: Path) -> Built:
 
         return load_saved(folder, spec, labels, cache_dir)
     full = spec.method == "full"
-    model = pretrained_model(spec, labels, str(folder) if full else weights_location(spec, cache_dir))
+    model = pretrained_model(spec, labels, str(folder) if full else weights_location(spec, cache_dir), cache_dir)
     if spec.is_decoder:
         attention.apply(model, spec.attention, spec.bidirectional_layers)
     head = head_name(model)
-    if spec.method == "qlora":  # the dtypes training had (fp32 norms and head), so predictions match it
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if spec.method == "qlora":  # as in training, so predictions match it
+        freeze_quantized_base(model)
     if not full:
         getattr(model, head).float()  # the head was trained in float32 (upcast_trainable); load it as such
         model = PeftModel.from_pretrained(model, folder)

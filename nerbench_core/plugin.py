@@ -40,6 +40,9 @@ def pytest_addoption(parser):
     g.addoption("--save-baselines", nargs="?", const=str(BASELINES), default=None, metavar="FILE",
                 help="merge this run's results into the baselines file")
     g.addoption("--save-models", default=None, metavar="DIR", help="keep each fine-tuned model (or adapter + head)")
+    g.addoption("--label", default="", help="a name for this run's set-up, kept in every record (report --cost)")
+    g.addoption("--profile", default=None, metavar="DIR",
+                help="write a torch.profiler table of training steps 4-6 of each case to DIR/CASE.txt")
     g.addoption("--synthetic", action="store_true",
                 help="random weights in each case's exact published architecture: cost only, no download, no floors")
     g.addoption("--gpu-peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU, for MFU")
@@ -50,13 +53,26 @@ def pytest_addoption(parser):
                 help="run only shard I of N (1-based) of the selected cases, for splitting a suite over hosts")
 
 
-def _preload_unsloth() -> None:
-    """unsloth patches transformers when imported and must come before it; it raises without CUDA."""
+def _preload_unsloth(config) -> None:
+    """unsloth patches transformers when imported and must come before it; it raises without CUDA.
+
+    It is imported only when a case of this run asks for it: its patches would change the hf cases too.
+    """
     import importlib.util
 
     import torch
 
-    if torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None:
+    from .specs import SpecError, resolve_suite
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None:
+        return
+    backend = config.getoption("--backend")
+    try:
+        wanted = backend == "unsloth" or (backend is None and any(
+            s.backend == "unsloth" for s in resolve_suite(config.getoption("--suite"))))
+    except SpecError:  # reported when the cases are collected
+        wanted = False
+    if wanted:
         import unsloth  # noqa: F401
 
 
@@ -96,8 +112,10 @@ def _visible_gpus() -> list[str]:
 
 def pytest_configure(config):
     _pin_worker_gpu(config)
-    if config.getoption("--backend") != "hf":
-        _preload_unsloth()
+    # Variable-shape batches fragment the caching allocator: growable segments keep reserved memory near what
+    # is allocated (read when CUDA first allocates; a user's own setting wins).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    _preload_unsloth(config)
     from .runner import RunOptions
     from .records import Baselines
     from .session import Session
@@ -118,6 +136,8 @@ def pytest_configure(config):
     options = RunOptions(cache_dir=cache, work_dir=cache / "trainer", quick=opt("--quick"),
                          synthetic=opt("--synthetic"), gpu_peak_tflops=opt("--gpu-peak-tflops"),
                          save_models=Path(opt("--save-models")).resolve() if opt("--save-models") else None,
+                         profile_dir=Path(opt("--profile")).resolve() if opt("--profile") else None,
+                         label=opt("--label"),
                          overrides=overrides)
     baselines = Baselines.load(opt("--compare"), opt("--compare-fail")) if opt("--compare") else None
     config.stash[_KEY] = Session(options, Path(opt("--results-dir")).resolve(), rerun=opt("--rerun"),

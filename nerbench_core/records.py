@@ -40,6 +40,7 @@ class RunRecord:
     floor: float | None = None
     error: str | None = None
     synthetic: bool = False
+    label: str = ""  # --label: names the set-up of this run (e.g. a perf variant), for tables that compare runs
     environment: dict = field(default_factory=dict)  # versions, git commit, machine
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     schema: int = SCHEMA

@@ -29,6 +29,8 @@ class RunOptions:
     synthetic: bool = False
     gpu_peak_tflops: float | None = None
     save_models: Path | None = None  # keep each fine-tuned case (adapter + head, or the whole model) here
+    label: str = ""  # --label, carried by every record of the run
+    profile_dir: Path | None = None  # a torch.profiler table of a few training steps per case goes here
     overrides: dict = field(default_factory=dict)  # from the command line: backend, epochs, ...
 
     @property
@@ -51,6 +53,7 @@ def new_record(spec: ModelSpec, dataset: NerDataset, opts: RunOptions, status: s
         dataset={"source": dataset.source, "fingerprint": dataset.fingerprint, "sample": dataset.sample,
                  "sentences": {k: len(v) for k, v in dataset.splits.items()}},
         seed=spec.train.seed, floor=None if opts.synthetic else spec.floor_for(opts.quick), synthetic=opts.synthetic,
+        label=opts.label,
         environment={"versions": records.versions(), "git": records.git_commit(Path(__file__).parent),
                      "machine": records.machine_info(cost.gpu_info())},
         **fields,
@@ -69,7 +72,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
     if opts.synthetic:  # same path, random weights in the spec's exact architecture
         from .synthetic import synthetic_spec
 
-        built = modeling.build(synthetic_spec(spec, opts.cache_dir), dataset.labels, opts.cache_dir)
+        built = modeling.build(synthetic_spec(spec), dataset.labels, opts.cache_dir)
     else:
         built = modeling.build(spec, dataset.labels, opts.cache_dir)
     load_seconds = time.perf_counter() - t0
@@ -91,7 +94,9 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
         work = opts.work_dir / key_for(spec, dataset, opts)
         outcome = training.train(built.model, built.tokenizer, spec, splits["train"],
                                  lambda m: score(gold["dev"], predict(m, "dev").tags), work,
-                                 checkpoints=built.backend == "hf" and spec.method != "full" and not opts.quick)
+                                 checkpoints=built.backend == "hf" and spec.method != "full" and not opts.quick
+                                 and not spec.train.max_steps,
+                                 profile=opts.profile_dir / f"{spec.name}.txt" if opts.profile_dir else None)
         # 4. test, scored once, with the weights of the best dev epoch
         test = predict(built.model, "test")
         test_metrics = score(gold["test"], test.tags)
@@ -99,6 +104,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
             modeling.save_case(built, spec, dataset.labels, opts.save_models / spec.name)
         measured = measure(built, spec, splits, outcome, test, load_seconds, opts)
         measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from)
+        built.details["fused_kernels"] = outcome.fused_kernels
         shutil.rmtree(work, ignore_errors=True)  # the case is done: its checkpoints are not needed
         return new_record(
             spec, dataset, opts, status="passed",
@@ -124,6 +130,7 @@ def measure(built, spec, splits, outcome, test, load_seconds, opts) -> dict:
         "train_steps": outcome.steps,
         "train_real_tokens": outcome.real_tokens,
         "train_tokens_per_second": outcome.tokens_per_second,
+        "train_tokens_per_second_steady": outcome.steady_tokens_per_second,
         "padding_fraction": outcome.padding_fraction,
         "dev_eval_seconds": sum(h["seconds"] for h in outcome.dev_history),
         "test_eval_seconds": test.seconds,

@@ -83,7 +83,8 @@ class Session:
         case = nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in nodeid else nodeid
         record = RunRecord(case=case, status="failed", run_key="crashed-" + uuid.uuid4().hex[:8],
                            mode=self.options.mode, spec={}, spec_hash="", dataset={}, seed=0,
-                           error=f"worker crashed: {reason}", synthetic=self.options.synthetic)
+                           error=f"worker crashed: {reason}", synthetic=self.options.synthetic,
+                           label=self.options.label)
         self.store.write(record)
         self.records.append(record)
         return record

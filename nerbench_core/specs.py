@@ -18,6 +18,7 @@ Family = Literal["encoder", "decoder"]
 Method = Literal["full", "lora", "qlora"]
 Attention = Literal["causal", "bidirectional"]
 Backend = Literal["auto", "hf", "unsloth"]
+RANDOM = "random:"  # `model` of a --synthetic case: random weights in architecture NAME of architectures.toml
 
 
 class SpecError(ValueError):
@@ -39,7 +40,15 @@ class TrainConfig:
     group_by_length: bool = True  # length-grouped batches: far less padding on short CoNLL sentences
     # When set, training batches are built to hold at most this many tokens (padding included) instead of
     # a fixed sentence count; batch_size then only caps sentences per batch.
+    # 0 or None: batches of batch_size sentences.
     max_tokens_per_batch: int | None = None
+    # A Trainer optimizer name: "adamw_torch_fused", or "adamw_bnb_8bit" (8-bit states: 6 bytes less a weight).
+    optimizer: str = "adamw_torch_fused"
+    # Stop after this many optimizer steps (speed benchmarks); None trains the given epochs.
+    max_steps: int | None = None
+    # liger-kernel's fused RMSNorm, SwiGLU and RoPE (Triton) for the model types it knows (Qwen2, Llama, ...),
+    # where CUDA and liger-kernel are present; elsewhere, and for other models, this changes nothing.
+    fused_kernels: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class ModelSpec:
     gguf_file: str | None = None  # a GGUF file inside `model`'s folder, loaded dequantized
     attention: Attention = "causal"  # decoders only; encoders are bidirectional by construction
     bidirectional_layers: int | None = None  # with attention="bidirectional": None = all layers, k = the last k
-    backend: Backend = "auto"  # auto: unsloth for decoders where CUDA and unsloth are present, else hf
+    backend: Backend = "auto"  # auto: hf (measured faster than unsloth on this workload: docs/PERFORMANCE.md)
     architecture: str | None = None  # name in architectures.toml: the exact shape, for --synthetic runs
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSpec | None = None

@@ -1,8 +1,14 @@
 """Random weights in exact published architectures (bench/architectures.toml), for --synthetic runs.
 
-A random checkpoint is written once per architecture into the cache and then loaded by the normal path
-(so 4-bit quantization, LoRA and the Trainer are exactly those of a real run). Tokenizers come from the
-offline model packages: SmolLM2's byte-level BPE for decoders, MiniLM's WordPiece for encoders.
+A synthetic spec points at ``random:NAME``. The hf backend builds that model in memory, module by module
+on the device it trains on, and quantizes each weight as soon as it is made (:func:`random_model`): the
+peak is the 4-bit model plus one weight matrix in bf16, and nothing is written to disk, so a 14B model
+needs no 28 GB checkpoint first. Loaders that can only read a folder (unsloth) get a random checkpoint
+written once into the cache (:func:`random_checkpoint`). Everything after loading (LoRA, attention mode,
+the Trainer) is the normal path.
+
+Tokenizers come from the offline model packages (or the folder in NERBENCH_TOKENIZERS): SmolLM2's
+byte-level BPE for decoders, MiniLM's WordPiece for encoders.
 """
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ import tomllib
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .specs import ModelSpec, SpecError
+from .specs import RANDOM, ModelSpec, SpecError
 
 ARCHITECTURES = Path(__file__).resolve().parent.parent / "bench" / "architectures.toml"
 TOKENIZERS = {
@@ -27,39 +34,124 @@ def architectures(path: Path = ARCHITECTURES) -> dict[str, dict]:
     return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
-def random_checkpoint(name: str, cache_dir: Path, seed: int = 0) -> Path:
-    """A folder with config, random weights (bf16) and a tokenizer for architecture ``name``."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from .modeling import checkpoint_once, weights_location
-
-    arch = dict(architectures().get(name) or {})
+def architecture(name: str) -> dict:
+    arch = architectures().get(name)
     if not arch:
         raise SpecError(f"architecture {name!r} is not in {ARCHITECTURES} (known: {', '.join(architectures())})")
+    return dict(arch)
+
+
+def tokenizer_location(location: str, cache_dir: Path) -> str:
+    """The offline tokenizer that goes with ``random:NAME`` (same kind of vocabulary as the real model's)."""
+    from .modeling import weights_location
+
+    kind = architecture(location.removeprefix(RANDOM))["tokenizer"]
+    saved = os.environ.get("NERBENCH_TOKENIZERS")  # a folder with encoder/ and decoder/ tokenizers, for
+    # machines without the model packages (export_tokenizers writes one)
+    return str(Path(saved) / kind) if saved else weights_location(TOKENIZERS[kind], cache_dir)
+
+
+def architecture_config(name: str, cache_dir: Path, **extra):
+    """The transformers config of architecture ``name``, its vocabulary grown to fit the offline tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    arch = architecture(name)
+    arch.pop("tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_location(RANDOM + name, cache_dir))
+    arch["vocab_size"] = max(arch["vocab_size"], len(tokenizer))  # ids must fit the embedding table
+    return AutoConfig.for_model(**arch, **extra)
+
+
+def target_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def random_model(location: str, labels: dict, dtype: torch.dtype, quantization, cache_dir: Path,
+                 seed: int = 0) -> nn.Module:
+    """A *ForTokenClassification model of architecture ``random:NAME`` with random weights, built on the device.
+
+    The skeleton is made without memory (parameters on the meta device); transformers' own bitsandbytes
+    quantizer swaps the linear layers for 4-bit ones as ``from_pretrained`` would; then each module gets
+    its weights on the device, initialised as transformers initialises that model, and each 4-bit layer's
+    weight is quantized the moment it exists.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForTokenClassification
+
+    config = architecture_config(location.removeprefix(RANDOM), cache_dir, **labels)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForTokenClassification.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    quantizer = None
+    if quantization is not None:
+        from transformers.quantizers import AutoHfQuantizer
+
+        quantizer = AutoHfQuantizer.from_config(quantization, pre_quantized=False)
+        quantizer.preprocess_model(model, device_map={"": target_device()})
+        model.hf_quantizer = quantizer
+    torch.manual_seed(seed)
+    materialize(model, target_device(), dtype)
+    if quantizer is not None:
+        quantizer.postprocess_model(model)  # the attributes peft and the Trainer look for (is_loaded_in_4bit, ...)
+    return model.eval()  # as from_pretrained returns it
+
+
+def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Give every meta parameter memory on ``device`` and random values, one module at a time."""
+    linear4bit = _linear4bit_class()
+    for module in model.modules():
+        if linear4bit is not None and isinstance(module, linear4bit):
+            _quantize_random_linear(model, module, device, dtype)
+        elif any(p.is_meta for p in module.parameters(recurse=False)):
+            module.to_empty(device=device, recurse=False)
+            model._init_weights(module)
+        for name, buffer in module._buffers.items():  # rotary frequencies, position ids: computed at init
+            if buffer is not None:
+                module._buffers[name] = buffer.to(device)
+
+
+def _linear4bit_class():
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return None
+    return bnb.nn.Linear4bit
+
+
+def _quantize_random_linear(model: nn.Module, module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """A random bf16 weight for one 4-bit layer, quantized at once (what transformers' Bnb4bitQuantize does)."""
+    import bitsandbytes as bnb
+
+    plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device=device, dtype=dtype)
+    model._init_weights(plain)
+    module.weight = bnb.nn.Params4bit(plain.weight.data, requires_grad=False, **module.weight.__dict__).to(device)
+    if plain.bias is not None:
+        module.bias = nn.Parameter(plain.bias.data, requires_grad=False)
+
+
+def random_checkpoint(name: str, cache_dir: Path, seed: int = 0) -> Path:
+    """A folder with config, random weights (bf16) and tokenizer, for loaders that read only folders."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from .modeling import checkpoint_once
 
     def write(folder: Path) -> None:
-        kind = arch.pop("tokenizer")
-        saved = os.environ.get("NERBENCH_TOKENIZERS")  # a folder with encoder/ and decoder/ tokenizers, for
-        # machines without the model packages (export_tokenizers writes one)
-        source = Path(saved) / kind if saved else weights_location(TOKENIZERS[kind], cache_dir)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if len(tokenizer) > arch["vocab_size"]:  # ids must fit the embedding table
-            arch["vocab_size"] = len(tokenizer)
-        config = AutoConfig.for_model(**arch)
+        config = architecture_config(name, cache_dir)
         torch.manual_seed(seed)
-        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init is much faster on a GPU
+        with torch.device(target_device()):  # random init is much faster on a GPU
             model = AutoModel.from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(tokenizer_location(RANDOM + name, cache_dir)).save_pretrained(folder)
 
+    architecture(name)  # an unknown name fails before the lock is taken
     return checkpoint_once(cache_dir / "synthetic" / name, write)
 
 
-def synthetic_spec(spec: ModelSpec, cache_dir: Path) -> ModelSpec:
-    """The spec pointed at a random checkpoint of its architecture."""
+def synthetic_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec pointed at random weights of its architecture."""
     if not spec.architecture:
         raise SpecError(f"{spec.name}: --synthetic needs `architecture` in its spec")
-    return dataclasses.replace(spec, model=str(random_checkpoint(spec.architecture, cache_dir)), gguf_file=None)
+    architecture(spec.architecture)
+    return dataclasses.replace(spec, model=RANDOM + spec.architecture, gguf_file=None)
 
 
 def export_tokenizers(folder: Path, cache_dir: Path) -> None:
@@ -72,14 +164,6 @@ def export_tokenizers(folder: Path, cache_dir: Path) -> None:
         AutoTokenizer.from_pretrained(weights_location(spec, cache_dir)).save_pretrained(Path(folder) / kind)
 
 
-if __name__ == "__main__":  # python -m nerbench_core.synthetic export-tokenizers DIR
-    import sys
-
-    if len(sys.argv) != 3 or sys.argv[1] != "export-tokenizers":
-        sys.exit("usage: python -m nerbench_core.synthetic export-tokenizers DIR")
-    export_tokenizers(Path(sys.argv[2]), Path(os.environ.get("NERBENCH_CACHE_DIR", ".nerbench_cache")))
-
-
 def estimated_parameters(name: str | None) -> int:
     """Rough parameter count of an architecture (embeddings + attention + MLP), for ordering cases by size."""
     arch = architectures().get(name or "")
@@ -90,3 +174,11 @@ def estimated_parameters(name: str | None) -> int:
     kv = arch.get("num_key_value_heads", heads) * (d // heads)
     mlp = (3 if arch["model_type"] != "bert" else 2) * d * inter  # gated MLPs have three matrices
     return vocab * d + layers * (2 * d * d + 2 * d * kv + mlp)
+
+
+if __name__ == "__main__":  # python -m nerbench_core.synthetic export-tokenizers DIR
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "export-tokenizers":
+        sys.exit("usage: python -m nerbench_core.synthetic export-tokenizers DIR")
+    export_tokenizers(Path(sys.argv[2]), Path(os.environ.get("NERBENCH_CACHE_DIR", ".nerbench_cache")))

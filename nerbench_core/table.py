@@ -72,3 +72,48 @@ def render(records: list[RunRecord], baselines: dict[str, float] | None = None, 
         return "nerbench: no results"
     headers, body = rows(records, baselines)
     return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+def setup(record: RunRecord) -> str:
+    """How a case was batched and run, from its spec: what the speed columns depend on."""
+    t = record.spec.get("train", {})
+    batching = (f"{t['max_tokens_per_batch']}-token batches" if t.get("max_tokens_per_batch")
+                else f"{t.get('batch_size')} sentences, {'length-grouped' if t.get('group_by_length') else 'random'}")
+    extras = [x for x, on in (("grad ckpt", t.get("gradient_checkpointing")),
+                              ("liger", bool(record.model.get("fused_kernels")))) if on]
+    return ", ".join([batching, *extras])
+
+
+def cost_rows(records: list[RunRecord], baseline: str | None = None) -> tuple[list[str], list[list]]:
+    """Speed and memory per record; ``baseline`` names the label whose record of the same case is the 1.00x."""
+    headers = ["case", "label", "set-up", "backend", "steps", "real tok/s", "steady tok/s", "vs baseline",
+               "padding", "peak GiB (alloc / reserved)", "MFU", "steady MFU", "status"]
+    def rates(r: RunRecord) -> tuple:
+        return r.cost.get("train_tokens_per_second"), r.cost.get("train_tokens_per_second_steady")
+
+    bases = {r.case: rates(r) for r in records if baseline and r.label == baseline}
+    out = []
+    for r in records:
+        c = r.cost
+        rate, steady = rates(r)
+        base_rate, base_steady = bases.get(r.case, (None, None))
+        # steady against steady (warm-up excluded on both sides) where both have it, else overall against overall
+        mine, base_rate = (steady, base_steady) if steady and base_steady else (rate, base_rate)
+        peak = c.get("gpu_peak_flops")
+        out.append([
+            r.case, r.label, setup(r), r.model.get("backend", ""), c.get("train_steps", ""),
+            f"{rate:,.0f}" if rate else "", f"{steady:,.0f}" if steady else "",
+            f"{mine / base_rate:.2f}x" if mine and base_rate else "",
+            f"{100 * c['padding_fraction']:.0f}%" if c.get("padding_fraction") is not None else "",
+            f"{c['peak_gpu_allocated_gib']:.1f} / {c['peak_gpu_reserved_gib']:.1f}" if "peak_gpu_allocated_gib" in c
+            else _mem(c),
+            f"{100 * c['mfu']:.1f}%" if c.get("mfu") else "",
+            f"{100 * c['flops_per_token'] * steady / peak:.1f}%" if steady and peak and c.get("flops_per_token") else "",
+            r.status + (f": {r.error[:80]}" if r.error else ""),
+        ])
+    return headers, out
+
+
+def render_cost(records: list[RunRecord], baseline: str | None = None, fmt: str = "github") -> str:
+    headers, body = cost_rows(records, baseline)
+    return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)

@@ -117,6 +117,47 @@ class LossCurve(TrainerCallback):
                 raise FloatingPointError(f"training loss is {logs['loss']} at step {state.global_step}")
 
 
+class SteadyRate(TrainerCallback):
+    """Marks the end of the first ``warmup`` steps (kernel selection, allocator growth, first compilations), so
+    that throughput can also be given without them: short benchmark runs are otherwise dominated by them."""
+
+    def __init__(self, collator: CountingCollator, warmup: int = 3):
+        self.collator, self.warmup = collator, warmup
+        self.mark: tuple[float, int] | None = None  # (time, real tokens so far) after the warm-up steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup and self.mark is None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.mark = (time.perf_counter(), self.collator.real_tokens)
+
+
+class ProfileSteps(TrainerCallback):
+    """torch.profiler over a few steps after the warm-up; the operator table (CUDA time first) goes to a file."""
+
+    def __init__(self, path: Path, first: int = 4, steps: int = 3):
+        self.path, self.first, self.last = path, first, first + steps - 1
+        self.profiler = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.first and self.profiler is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is not None and (state.global_step == self.last or state.global_step == state.max_steps):
+            self.last = state.global_step
+            self.profiler.__exit__(None, None, None)
+            sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(f"steps {self.first}-{self.last}\n"
+                                 + self.profiler.key_averages().table(sort_by=sort, row_limit=40))
+            self.profiler = None
+
+
 class ListDataset(torch.utils.data.Dataset):
     def __init__(self, split: EncodedSplit):
         self.rows = [e.as_features() for e in split.examples]
@@ -188,16 +229,36 @@ class NerTrainer(Trainer):
         return self.accelerator.prepare(loader)
 
 
-def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, checkpoints: bool) -> TrainingArguments:
+def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
+    """liger-kernel's fused kernels for this model, or None where they do not apply (no CUDA, unknown type).
+
+    Its fused linear cross-entropy is for language-model heads: it would replace a token classifier's forward.
+    """
+    if not (spec.train.fused_kernels and torch.cuda.is_available()):
+        return None
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        return None
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return None
+    return {"fused_linear_cross_entropy": False, "cross_entropy": False}
+
+
+def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, checkpoints: bool,
+                       liger: dict | None = None) -> TrainingArguments:
     t = spec.train
     steps_per_epoch = max(1, math.ceil(n_examples / t.batch_size))
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps in transformers 5
         weight_decay=t.weight_decay,
+        optim=t.optimizer,
         lr_scheduler_type="linear",
         seed=t.seed,
         data_seed=t.seed,
@@ -214,6 +275,8 @@ def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, check
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        use_liger_kernel=liger is not None,
+        liger_kernel_config=liger,
     )
 
 
@@ -227,6 +290,8 @@ class TrainOutcome:
     dev_history: list[dict] = field(default_factory=list)
     loss_curve: list[dict] = field(default_factory=list)
     resumed_from: str | None = None  # the checkpoint a crashed run was continued from
+    steady_tokens_per_second: float | None = None  # after the first steps (SteadyRate)
+    fused_kernels: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -234,20 +299,23 @@ class TrainOutcome:
 
 
 def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSplit,
-          evaluate_dev: Callable[[nn.Module], dict], output_dir: Path, checkpoints: bool = False) -> TrainOutcome:
+          evaluate_dev: Callable[[nn.Module], dict], output_dir: Path, checkpoints: bool = False,
+          profile: Path | None = None) -> TrainOutcome:
     """Train with the Trainer; with ``checkpoints``, save every epoch and continue from the last one found."""
     from transformers.trainer_utils import get_last_checkpoint
 
     collator = CountingCollator(tokenizer)
     selection = BestOnDev(evaluate_dev, collator)
     curve = LossCurve()
+    steady = SteadyRate(collator)
+    liger = liger_config(spec, model.get_base_model() if hasattr(model, "get_base_model") else model)
     trainer = NerTrainer(
         model=model,
         max_tokens_per_batch=spec.train.max_tokens_per_batch,
-        args=training_arguments(spec, output_dir, len(train_split.examples), checkpoints),
+        args=training_arguments(spec, output_dir, len(train_split.examples), checkpoints, liger),
         train_dataset=ListDataset(train_split),
         data_collator=collator,
-        callbacks=[selection, curve],
+        callbacks=[selection, curve, steady] + ([ProfileSteps(profile)] if profile else []),
     )
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -259,8 +327,16 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     result = trainer.train(resume_from_checkpoint=resume)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    end = time.perf_counter()
     dev_seconds = sum(h["seconds"] for h in selection.history[earlier:])
-    seconds = time.perf_counter() - t0 - dev_seconds  # training alone: dev scoring is timed on its own
+    seconds = end - t0 - dev_seconds  # training alone: dev scoring is timed on its own
+    steady_rate = None
+    if steady.mark and not resume:
+        mark_time, mark_tokens = steady.mark
+        later_dev = sum(h["seconds"] for h in selection.history if h["step"] > steady.warmup)
+        steady_seconds = end - mark_time - later_dev
+        if steady_seconds > 0 and collator.real_tokens > mark_tokens:
+            steady_rate = (collator.real_tokens - mark_tokens) / steady_seconds
     return TrainOutcome(
         seconds=seconds,
         real_tokens=collator.real_tokens,
@@ -270,4 +346,6 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
         dev_history=selection.history,
         loss_curve=curve.points,
         resumed_from=Path(resume).name if resume else None,
+        steady_tokens_per_second=steady_rate,
+        fused_kernels=["liger-kernel: rms_norm, swiglu, rope"] if liger else [],
     )

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from .modeling import Built, describe, label_maps, weights_location
+from .modeling import Built, checkpoint_folder, describe, label_maps
 from .specs import ModelSpec
 
 HEAD_FILE = "head.safetensors"
@@ -59,7 +59,7 @@ def _base(spec: ModelSpec, cache_dir: Path):
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=weights_location(spec, cache_dir),
+        model_name=checkpoint_folder(spec, cache_dir),
         max_seq_length=spec.train.max_length,
         dtype=torch.bfloat16,
         load_in_4bit=spec.method == "qlora",

@@ -138,3 +138,17 @@ def test_a_killed_lora_case_resumes_from_its_last_epoch(qwen_dir, dataset, tmp_p
     assert resumed.best["epoch"] == straight.best["epoch"]
     for name, value in straight_weights.items():  # the same model as a run that was never interrupted
         torch.testing.assert_close(resumed_weights[name], value)
+
+
+def test_max_steps_caps_training_and_the_steady_rate_leaves_out_the_first_steps(qwen_dir, dataset, tmp_path):
+    spec = spec_for(qwen_dir, method="qlora")
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=3, max_steps=5, batch_size=4))
+    label2id = {l: i for i, l in enumerate(dataset.labels)}
+    built = modeling.build(spec, dataset.labels, tmp_path)
+    train_split = WordEncoder(built.tokenizer, spec.train.max_length).encode(dataset["train"], label2id)
+    outcome = training.train(built.model, built.tokenizer, spec, train_split, lambda m: {"f1": 0.0},
+                             tmp_path / "work", profile=tmp_path / "profile.txt")
+    assert outcome.steps == 5  # 16 steps an epoch without the cap
+    assert outcome.steady_tokens_per_second and outcome.steady_tokens_per_second > 0
+    assert (tmp_path / "profile.txt").read_text().startswith("steps 4-5")  # the profiler stops at the last step
+    assert outcome.fused_kernels == []  # liger-kernel needs CUDA

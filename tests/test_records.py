@@ -93,3 +93,23 @@ def test_report_prints_the_table_from_stored_records_alone(tmp_path, capsys):
     assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "| host-a-model" in out and "| host-b-model" in out
+
+
+def test_cost_table_compares_each_case_with_its_own_baseline_run():
+    from nerbench_core.table import cost_rows
+
+    def run(case, label, rate, steady, **train):
+        r = record(case, key=f"{case}-{label}", label=label)
+        r.spec = {"train": {"batch_size": 16, "group_by_length": label != "baseline", **train}}
+        r.cost.update(train_tokens_per_second=rate, train_tokens_per_second_steady=steady, train_steps=40)
+        return r
+
+    records = [run("7b", "baseline", 400.0, 500.0), run("7b", "default", 3000.0, 4000.0, max_tokens_per_batch=4096),
+               run("bert", "baseline", 10000.0, None), run("bert", "default", 20000.0, 30000.0)]
+    headers, rows = cost_rows(records, baseline="baseline")
+    column = {h: i for i, h in enumerate(headers)}
+    ratio = {(r[0], r[1]): r[column["vs baseline"]] for r in rows}
+    assert ratio[("7b", "default")] == "8.00x"  # steady against steady
+    assert ratio[("bert", "default")] == "2.00x"  # the baseline has no steady rate: overall against overall
+    assert rows[1][column["set-up"]] == "4096-token batches"
+    assert rows[0][column["set-up"]] == "16 sentences, random"

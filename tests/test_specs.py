@@ -9,11 +9,16 @@ def test_seed_suite_is_bert_and_five_qwen_models():
     specs = resolve_suite("seed")
     assert [s.name for s in specs] == ["bert-base-cased", "qwen1.5-0.5b", "qwen1.5-1.8b", "qwen1.5-4b",
                                        "qwen1.5-7b", "qwen1.5-14b"]
-    bert, qwen7 = specs[0], specs[4]
-    assert (bert.method, bert.train.epochs, bert.train.learning_rate, bert.train.batch_size) == ("full", 3.0, 5e-5, 32)
+    bert, qwen7, qwen14 = specs[0], specs[4], specs[5]
+    assert (bert.method, bert.train.epochs) == ("full", 3.0)
     assert (qwen7.model, qwen7.method, qwen7.train.learning_rate, qwen7.lora.r, qwen7.lora.alpha) == (
-        "Qwen/Qwen1.5-7B", "qlora", 2e-4, 16, 32)
-    assert qwen7.train.gradient_checkpointing  # from [defaults.decoder]
+        "Qwen/Qwen1.5-7B", "qlora", 1e-3, 16, 32)
+    assert qwen7.train.gradient_checkpointing and qwen7.train.max_tokens_per_batch == 4096  # [defaults.decoder]
+    # the 14B keeps the decoder defaults it does not override, and fits a 12 GB card by its own
+    assert (qwen14.train.max_tokens_per_batch, qwen14.train.optimizer) == (1024, "adamw_bnb_8bit")
+    assert qwen14.train.gradient_checkpointing and qwen14.lora.r == 16
+    quick = qwen7.for_run(quick=True)  # --quick trains on 1,000 sentences: small batches there
+    assert (quick.train.batch_size, quick.train.max_tokens_per_batch, quick.train.epochs) == (16, 0, 1)
 
 
 def test_every_suite_loads_and_names_are_unique():

@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # Several GPUs on one host (issue 6): the synthetic seed suite (bert-base-cased, Qwen1.5-0.5B/1.8B/4B; exact
 # architectures, random weights, quick sample, 4096-token batches) with pytest -n 0 against -n 2, same machine.
-# The random checkpoints are made first, so neither timed run pays for them.
+# (The numbers in docs/PERFORMANCE.md were taken when synthetic weights were still written to disk first.)
 set -uo pipefail
 mkdir -p /tmp/site && tar -xJf .device/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD
 export NERBENCH_DATA_DIR=$PWD/.device/data/conll2003 NERBENCH_TOKENIZERS=$PWD/.device/tokenizers
 export NERBENCH_CACHE_DIR=/tmp/nbcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi -L | tee $OUT/gpu.txt
 cases="bert-base-cased or qwen1.5-0.5b or qwen1.5-1.8b or qwen1.5-4b"
-python -c "
-from pathlib import Path; from nerbench_core.synthetic import random_checkpoint
-for a in ('bert-base-cased', 'qwen1.5-0.5b', 'qwen1.5-1.8b', 'qwen1.5-4b'): random_checkpoint(a, Path('/tmp/nbcache'))"
 for n in 0 2; do
   start=$(date +%s.%N)
   python -m pytest bench --quick --synthetic --suite seed -k "$cases" --rerun -n $n -p no:cacheprovider \
