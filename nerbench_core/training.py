@@ -233,6 +233,9 @@ def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
     """liger-kernel's fused kernels for this model, or None where they do not apply (no CUDA, unknown type).
 
     Its fused linear cross-entropy is for language-model heads: it would replace a token classifier's forward.
+    liger also swaps transformers' module classes for the rest of the process, so a later case of the same
+    model type built in that process gets its norms and MLPs even with ``fused_kernels = false``; the perf
+    benchmark therefore runs each set-up in its own process.
     """
     if not (spec.train.fused_kernels and torch.cuda.is_available()):
         return None
