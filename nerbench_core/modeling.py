@@ -150,8 +150,12 @@ def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
     """LoRA on the spec's projections; the head is trained in full and saved with the adapter."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    if spec.method == "qlora":
-        freeze_quantized_base(model)
+    # No peft prepare_model_for_kbit_training for QLoRA: peft freezes the base itself, and that function's float32
+    # upcast of the unquantized weights is what we avoid. Measured on Qwen1.5-7B (H100, torch.profiler,
+    # docs/PERFORMANCE.md): float32 norm weights make every norm output float32, so each 4-bit matmul casts its
+    # dequantized weight to float32 and autocast casts it back, a tenth of the GPU time; and a float32 copy of
+    # the embedding table costs 3 GB on Qwen1.5-14B. The norms compute in float32 inside anyway, and the trained
+    # weights (LoRA, head) are float32 (upcast_trainable).
     lora = spec.lora
     config = LoraConfig(
         task_type=TaskType.TOKEN_CLS,
@@ -164,19 +168,6 @@ def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
     model = get_peft_model(model, config)
     upcast_trainable(model)
     return model
-
-
-def freeze_quantized_base(model: nn.Module) -> None:
-    """Freeze the base model under QLoRA; its unquantized weights (embedding, norms, biases) stay in bf16.
-
-    peft's ``prepare_model_for_kbit_training`` would cast them to float32. Measured on Qwen1.5-7B (H100,
-    torch.profiler, docs/PERFORMANCE.md): float32 norm weights make every norm output float32, so each 4-bit
-    matmul casts its dequantized weight to float32 and autocast casts it back, a tenth of the GPU time; and
-    a float32 copy of the embedding table costs 3 GB on Qwen1.5-14B. The norms compute in float32 inside
-    anyway, and the trained weights (LoRA, head) are float32 (:func:`upcast_trainable`).
-    """
-    for p in model.parameters():
-        p.requires_grad = False
 
 
 def keep_cpu_weights_trainable(model: nn.Module) -> None:
@@ -336,8 +327,9 @@ BACKENDS: dict[str, Callable[..., Built]] = {"hf": load_hf, "unsloth": load_unsl
 def choose_backend(spec: ModelSpec) -> tuple[str, str]:
     """The backend a spec runs on, and why.
 
-    ``auto`` is hf: on this workload (short sentences, variable shapes) unsloth's compiled kernels meet new
-    shapes at most steps and were measured slower (docs/PERFORMANCE.md); it stays one ``backend`` away.
+    ``auto`` is hf. On Qwen1.5-7B QLoRA (H100, docs/PERFORMANCE.md) unsloth spent about 30 s compiling its
+    kernels and finished one epoch in 71.5 s against hf's 61.5 s, with 5 GiB more memory; it is faster after
+    that warm-up, so long runs may prefer it, one ``backend`` away.
     """
     if spec.backend == "unsloth":
         if not torch.cuda.is_available():
@@ -347,13 +339,13 @@ def choose_backend(spec: ModelSpec) -> tuple[str, str]:
         if spec.method == "full" or not spec.is_decoder:
             raise ValueError(f"{spec.name}: the unsloth backend runs LoRA and QLoRA decoders; use backend 'hf'")
         return "unsloth", "asked for"
-    return "hf", "asked for" if spec.backend == "hf" else "default (measured faster than unsloth here)"
+    return "hf", "asked for" if spec.backend == "hf" else "default (faster than unsloth over one epoch here)"
 
 
 def use_shape_agnostic_attention() -> None:
     """SDPA without its cuDNN kernel, whose execution plan is built for each new shape (2-6 ms of CPU a call,
     measured with torch.profiler on an H100): length-sorted batches meet a new shape at almost every step, and
-    that planning left the GPU idle a third of the time. The flash and memory-efficient kernels need no plan."""
+    that planning left the GPU idle about 40% of a 7B step. The flash and memory-efficient kernels need no plan."""
     if torch.cuda.is_available():
         torch.backends.cuda.enable_cudnn_sdp(False)
 
@@ -397,8 +389,6 @@ def load_case(folder: str | Path, cache_dir: Path) -> Built:
     if spec.is_decoder:
         attention.apply(model, spec.attention, spec.bidirectional_layers)
     head = head_name(model)
-    if spec.method == "qlora":  # as in training, so predictions match it
-        freeze_quantized_base(model)
     if not full:
         getattr(model, head).float()  # the head was trained in float32 (upcast_trainable); load it as such
         model = PeftModel.from_pretrained(model, folder)

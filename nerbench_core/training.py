@@ -230,21 +230,25 @@ class NerTrainer(Trainer):
 
 
 def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
-    """liger-kernel's fused kernels for this model, or None where they do not apply (no CUDA, unknown type).
+    """liger-kernel's fused kernels for this model, or None where they do not apply: no CUDA, no liger-kernel,
+    a model type it does not know, or a model that is not a transformers model (the unsloth backend's wrapper,
+    which the Trainer's liger hook would pass over).
 
     Its fused linear cross-entropy is for language-model heads: it would replace a token classifier's forward.
     liger also swaps transformers' module classes for the rest of the process, so a later case of the same
     model type built in that process gets its norms and MLPs even with ``fused_kernels = false``; the perf
     benchmark therefore runs each set-up in its own process.
     """
+    from transformers import PreTrainedModel
+
     if not (spec.train.fused_kernels and torch.cuda.is_available()):
         return None
     try:
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
     except ImportError:
         return None
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's own
+    if not isinstance(base, PreTrainedModel) or base.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         return None
     return {"fused_linear_cross_entropy": False, "cross_entropy": False}
 
@@ -311,7 +315,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     selection = BestOnDev(evaluate_dev, collator)
     curve = LossCurve()
     steady = SteadyRate(collator)
-    liger = liger_config(spec, model.get_base_model() if hasattr(model, "get_base_model") else model)
+    liger = liger_config(spec, model)
     trainer = NerTrainer(
         model=model,
         max_tokens_per_batch=spec.train.max_tokens_per_batch,
