@@ -1,7 +1,7 @@
 """The comparison table from stored records alone (no training, no torch).
 
     python -m nerbench_core.report RESULTS_DIR_OR_FILE [...] [--compare BASELINES] [--mode quick|full]
-        [--cost [--baseline LABEL]]
+        [--cost [--baseline LABEL]] [--time]
 
 Folders from several hosts (or shards) are merged; for each case and run key the newest record counts.
 """
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .records import Baselines, load_records, merge_baselines
-from .table import render, render_cost
+from .table import render, render_cost, render_time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-baselines", metavar="FILE", help="merge these records into a baselines file")
     ap.add_argument("--cost", action="store_true", help="the speed and memory table (set-up, steady tok/s, MFU)")
     ap.add_argument("--baseline", metavar="LABEL", help="with --cost: ratios against the record of this --label")
+    ap.add_argument("--time", action="store_true", help="each case's build, training and scoring time and its share")
     args = ap.parse_args(argv)
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         ap.error(f"not found: {', '.join(missing)}")
     records = [r for r in load_records(args.paths) if args.mode in (None, r.mode)]
-    if args.cost:
-        print(render_cost(records, args.baseline, fmt=args.format))
+    if args.cost or args.time:
+        print(render_cost(records, args.baseline, fmt=args.format) if args.cost else render_time(records, args.format))
         return 0 if records else 1
     baselines = Baselines.load(args.compare, tolerance=0.0).for_records(records) if args.compare else None
     print(render(records, baselines, fmt=args.format))

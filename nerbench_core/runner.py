@@ -103,7 +103,8 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
         if opts.save_models:
             modeling.save_case(built, spec, dataset.labels, opts.save_models / spec.name)
         measured = measure(built, spec, splits, outcome, test, load_seconds, opts)
-        measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from)
+        measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from,
+                        case_seconds=time.perf_counter() - t0)  # build, encoding, training, dev and test scoring
         built.details["fused_kernels"] = outcome.fused_kernels
         shutil.rmtree(work, ignore_errors=True)  # the case is done: its checkpoints are not needed
         return new_record(

@@ -117,3 +117,24 @@ def cost_rows(records: list[RunRecord], baseline: str | None = None) -> tuple[li
 def render_cost(records: list[RunRecord], baseline: str | None = None, fmt: str = "github") -> str:
     headers, body = cost_rows(records, baseline)
     return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+def time_rows(records: list[RunRecord]) -> tuple[list[str], list[list]]:
+    """Where a suite's time went, per case: model build, training, dev and test scoring, and the case's share
+    of the summed case times (the time the suite takes one case after another on one device)."""
+    headers = ["case", "label", "build s", "train s", "dev eval s", "test eval s", "case s", "share"]
+    cases = [(r, r.cost.get("case_seconds")) for r in records]
+    total = sum(s for _, s in cases if s)
+    out = []
+    for r, seconds in sorted(cases, key=lambda rs: -(rs[1] or 0)):
+        c = r.cost
+        out.append([r.case, r.label, *(f"{c[k]:.1f}" if c.get(k) is not None else "" for k in
+                                       ("load_seconds", "train_seconds", "dev_eval_seconds", "test_eval_seconds")),
+                    f"{seconds:.1f}" if seconds else "", f"{100 * seconds / total:.0f}%" if seconds and total else ""])
+    out.append(["all", "", "", "", "", "", f"{total:.1f} ({total / 60:.1f} min)", "100%" if total else ""])
+    return headers, out
+
+
+def render_time(records: list[RunRecord], fmt: str = "github") -> str:
+    headers, body = time_rows(records)
+    return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)

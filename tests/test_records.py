@@ -113,3 +113,18 @@ def test_cost_table_compares_each_case_with_its_own_baseline_run():
     assert ratio[("bert", "default")] == "2.00x"  # the baseline has no steady rate: overall against overall
     assert rows[1][column["set-up"]] == "4096-token batches"
     assert rows[0][column["set-up"]] == "16 sentences, random"
+
+
+def test_time_table_gives_each_case_its_share_of_the_suite():
+    from nerbench_core.table import time_rows
+
+    records = []
+    for case, seconds in (("small", 60.0), ("big", 180.0)):
+        r = record(case, key=case)
+        r.cost.update(load_seconds=2.0, train_seconds=seconds - 10, dev_eval_seconds=5.0, test_eval_seconds=1.5,
+                      case_seconds=seconds)
+        records.append(r)
+    headers, rows = time_rows(records)
+    share = {row[0]: row[headers.index("share")] for row in rows}
+    assert share == {"big": "75%", "small": "25%", "all": "100%"}  # largest first, then the total
+    assert rows[-1][headers.index("case s")] == "240.0 (4.0 min)"

