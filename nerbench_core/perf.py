@@ -21,11 +21,13 @@ from .specs import resolve_suite
 from .table import render_cost
 
 # name -> (what it is, pytest arguments). "baseline" is transformers + peft + bitsandbytes with the
-# Trainer's defaults: random batches of 16 sentences padded to the longest, no fused kernels.
+# Trainer's defaults: random batches of 16 sentences padded to the longest, no fused kernels, and gradient
+# checkpointing on (as in issue 5's anchor measurement).
 VARIANTS = {
     "baseline": ("HF Trainer defaults: random batches of 16 sentences, padded to the longest, no fused kernels",
                  ["--backend", "hf", "--set", "group_by_length=false", "--set", "batch_size=16",
-                  "--set", "max_tokens_per_batch=0", "--set", "fused_kernels=false"]),
+                  "--set", "max_tokens_per_batch=0", "--set", "fused_kernels=false",
+                  "--set", "gradient_checkpointing=true"]),
     "default": ("nerbench's default for the case (its suite spec)", ["--backend", "hf"]),
     "large": ("the default with 16,384-token batches (fewer, larger steps: check F1 before using it)",
               ["--backend", "hf", "--set", "batch_size=4096", "--set", "max_tokens_per_batch=16384"]),

@@ -105,7 +105,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
         measured = measure(built, spec, splits, outcome, test, load_seconds, opts)
         measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from,
                         case_seconds=time.perf_counter() - t0)  # build, encoding, training, dev and test scoring
-        built.details["fused_kernels"] = outcome.fused_kernels
+        built.details.update(fused_kernels=outcome.fused_kernels, gradient_checkpointing=outcome.gradient_checkpointing)
         shutil.rmtree(work, ignore_errors=True)  # the case is done: its checkpoints are not needed
         return new_record(
             spec, dataset, opts, status="passed",

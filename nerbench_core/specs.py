@@ -9,9 +9,10 @@ import dataclasses
 import hashlib
 import json
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "bench" / "suites"
 Family = Literal["encoder", "decoder"]
@@ -35,7 +36,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     seed: int = 42
-    gradient_checkpointing: bool = False
+    # true, false, or "auto": off where the activations fit in the memory left on the device once the model is
+    # loaded, on where they do not (activations.py): the speed of a large GPU, the memory of a small one.
+    gradient_checkpointing: bool | Literal["auto"] = False
     bf16: bool = True  # used only where the device supports it (CUDA with bf16)
     group_by_length: bool = True  # length-grouped batches: far less padding on short CoNLL sentences
     # When set, training batches are built to hold at most this many tokens (padding included) instead of
@@ -140,11 +143,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value not in args:
             raise SpecError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
-    if args and type(None) in args:  # X | None
-        if value is None:
+    if origin in (Union, types.UnionType):  # X | None, bool | Literal["auto"]: the first that takes the value
+        if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        problems = []
+        for inner in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, inner, where)
+            except SpecError as e:
+                problems.append(str(e).removeprefix(f"{where}: "))
+        raise SpecError(f"{where}: {'; '.join(problems)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise SpecError(f"{where}: expected a list of strings, got {value!r}")

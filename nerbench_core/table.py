@@ -79,7 +79,9 @@ def setup(record: RunRecord) -> str:
     t = record.spec.get("train", {})
     batching = (f"{t['max_tokens_per_batch']}-token batches" if t.get("max_tokens_per_batch")
                 else f"{t.get('batch_size')} sentences, {'length-grouped' if t.get('group_by_length') else 'random'}")
-    extras = [x for x, on in (("grad ckpt", t.get("gradient_checkpointing")),
+    # as decided for the run (a spec may say "auto"); records from before that decision have only the spec's
+    checkpointing = record.model.get("gradient_checkpointing", t.get("gradient_checkpointing"))
+    extras = [x for x, on in (("grad ckpt", checkpointing is True),
                               ("liger", bool(record.model.get("fused_kernels")))) if on]
     return ", ".join([batching, *extras])
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
 
+from . import activations
 from .features import EncodedSplit
 from .modeling import compute_dtype
 from .specs import ModelSpec
@@ -254,8 +255,12 @@ def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
 
 
 def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, checkpoints: bool,
-                       liger: dict | None = None) -> TrainingArguments:
+                       liger: dict | None = None, gradient_checkpointing: bool | None = None) -> TrainingArguments:
+    """``gradient_checkpointing``: the decision for this case (activations.decide); None takes the spec's
+    true or false as it stands."""
     t = spec.train
+    if gradient_checkpointing is None:
+        gradient_checkpointing = t.gradient_checkpointing is True
     steps_per_epoch = max(1, math.ceil(n_examples / t.batch_size))
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -270,8 +275,8 @@ def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, check
         seed=t.seed,
         data_seed=t.seed,
         bf16=compute_dtype(spec) == torch.bfloat16,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         eval_strategy="no",  # dev is scored by BestOnDev, with predictions mapped by index
         save_strategy="epoch" if checkpoints else "no",
@@ -299,6 +304,7 @@ class TrainOutcome:
     resumed_from: str | None = None  # the checkpoint a crashed run was continued from
     steady_tokens_per_second: float | None = None  # after the first steps (SteadyRate)
     fused_kernels: list[str] = field(default_factory=list)
+    gradient_checkpointing: bool = False  # as decided for this case (the spec may say "auto")
 
     @property
     def tokens_per_second(self) -> float:
@@ -316,10 +322,11 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     curve = LossCurve()
     steady = SteadyRate(collator)
     liger = liger_config(spec, model)
+    checkpointing = activations.decide(spec, model)
     trainer = NerTrainer(
         model=model,
         max_tokens_per_batch=spec.train.max_tokens_per_batch,
-        args=training_arguments(spec, output_dir, len(train_split.examples), checkpoints, liger),
+        args=training_arguments(spec, output_dir, len(train_split.examples), checkpoints, liger, checkpointing),
         train_dataset=ListDataset(train_split),
         data_collator=collator,
         callbacks=[selection, curve, steady] + ([ProfileSteps(profile)] if profile else []),
@@ -355,4 +362,5 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
         resumed_from=Path(resume).name if resume else None,
         steady_tokens_per_second=steady_rate,
         fused_kernels=["liger-kernel: rms_norm, swiglu, rope"] if liger else [],
+        gradient_checkpointing=checkpointing,
     )

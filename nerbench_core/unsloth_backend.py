@@ -64,6 +64,7 @@ def _base(spec: ModelSpec, cache_dir: Path):
         dtype=torch.bfloat16,
         load_in_4bit=spec.method == "qlora",
         load_in_16bit=spec.method == "lora",
+        # "auto" too: unsloth has its own checkpointing, which offloads the layer inputs to CPU memory
         use_gradient_checkpointing="unsloth" if spec.train.gradient_checkpointing else False,
         random_state=spec.train.seed,
         fix_tokenizer=False,  # it would add a pad token and resize the embeddings; padding is masked anyway

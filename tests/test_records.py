@@ -113,6 +113,12 @@ def test_cost_table_compares_each_case_with_its_own_baseline_run():
     assert ratio[("bert", "default")] == "2.00x"  # the baseline has no steady rate: overall against overall
     assert rows[1][column["set-up"]] == "4096-token batches"
     assert rows[0][column["set-up"]] == "16 sentences, random"
+    # "auto" checkpointing: the set-up shows what the run decided, not the spec's word
+    auto = run("7b", "auto", 8000.0, 8000.0, max_tokens_per_batch=4096, gradient_checkpointing="auto")
+    auto.model["gradient_checkpointing"] = False
+    old = run("7b", "old", 5000.0, 5000.0, max_tokens_per_batch=4096, gradient_checkpointing=True)
+    _, rows = cost_rows([auto, old])
+    assert [r[column["set-up"]] for r in rows] == ["4096-token batches", "4096-token batches, grad ckpt"]
 
 
 def test_time_table_gives_each_case_its_share_of_the_suite():

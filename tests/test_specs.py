@@ -13,10 +13,10 @@ def test_seed_suite_is_bert_and_five_qwen_models():
     assert (bert.method, bert.train.epochs) == ("full", 3.0)
     assert (qwen7.model, qwen7.method, qwen7.train.learning_rate, qwen7.lora.r, qwen7.lora.alpha) == (
         "Qwen/Qwen1.5-7B", "qlora", 1e-3, 16, 32)
-    assert qwen7.train.gradient_checkpointing and qwen7.train.max_tokens_per_batch == 4096  # [defaults.decoder]
+    assert (qwen7.train.gradient_checkpointing, qwen7.train.max_tokens_per_batch) == ("auto", 4096)  # defaults
     # the 14B keeps the decoder defaults it does not override, and fits a 12 GB card by its own
     assert (qwen14.train.max_tokens_per_batch, qwen14.train.optimizer) == (1024, "adamw_bnb_8bit")
-    assert qwen14.train.gradient_checkpointing and qwen14.lora.r == 16
+    assert qwen14.train.gradient_checkpointing is True and qwen14.lora.r == 16
     quick = qwen7.for_run(quick=True)  # --quick trains on 1,000 sentences: small batches there
     assert (quick.train.batch_size, quick.train.max_tokens_per_batch, quick.train.epochs) == (16, 0, 1)
 
@@ -77,6 +77,12 @@ def test_command_line_overrides_are_typed_and_checked():
         parse_override("batchsize=64")
     with pytest.raises(SpecError, match="--set batch_size: expected int"):
         parse_override("batch_size=many")
+    assert parse_override("gradient_checkpointing=auto") == ("gradient_checkpointing", "auto")
+    assert parse_override("gradient_checkpointing=true") == ("gradient_checkpointing", True)
+    assert parse_override("max_tokens_per_batch=0") == ("max_tokens_per_batch", 0)
+    with pytest.raises(SpecError, match="--set gradient_checkpointing: expected bool, got 'sometimes'; "
+                                        "'sometimes' is not one of 'auto'"):
+        parse_override("gradient_checkpointing=sometimes")
 
 
 def test_token_budget_batches_respect_the_budget_and_cover_every_sentence():

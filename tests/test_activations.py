@@ -1,0 +1,44 @@
+"""gradient_checkpointing = "auto": the activation estimate and the decision it drives."""
+from types import SimpleNamespace
+
+import pytest
+
+from nerbench_core.activations import activation_bytes, decide, tokens_per_step, use_checkpointing
+from nerbench_core.specs import TrainConfig
+
+GiB = 2**30
+QWEN_7B = SimpleNamespace(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32)
+
+
+def test_estimate_is_close_to_the_measured_7b_activations():
+    # measured on one H100 (docs/PERFORMANCE.md): 4096-token batches without checkpointing took 30.0 GiB,
+    # with it 8.2 GiB, of which about 1.7 GiB checkpointed inputs and one recomputed layer: 23.5 GiB
+    estimate = activation_bytes(QWEN_7B, 4096) / GiB
+    assert 23.5 <= estimate <= 23.5 * 1.2
+
+
+@pytest.mark.parametrize("free_gib, expected", [(74.0, False), (30.0, True), (18.0, True)])
+def test_auto_checkpoints_only_where_the_activations_do_not_fit(free_gib, expected):
+    # an 80 GB GPU with the 7B's 4-bit weights loaded has about 74 GiB free; a 40 GB card about 30; 24 GB: 18
+    assert use_checkpointing("auto", QWEN_7B, 4096, int(free_gib * GiB)) is expected
+
+
+def test_explicit_settings_and_unknown_memory():
+    assert use_checkpointing(True, QWEN_7B, 16, 10**15) is True
+    assert use_checkpointing(False, QWEN_7B, 10**6, 0) is False
+    assert use_checkpointing("auto", QWEN_7B, 16, None) is True  # no way to know: the safe choice
+    assert tokens_per_step(TrainConfig(batch_size=32, max_length=128)) == 4096
+    assert tokens_per_step(TrainConfig(batch_size=4096, max_tokens_per_batch=1024)) == 1024
+
+
+def test_decide_reads_the_loaded_model_and_its_spec(tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    from nerbench_core.specs import ModelSpec
+    from tests.helpers import tiny_bert
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_bert(tmp_path / "bert"), num_labels=3)
+
+    spec = ModelSpec(name="t", model="x", train=TrainConfig(gradient_checkpointing="auto", batch_size=8, max_length=16))
+    assert decide(spec, model) is False  # a tiny model: its activations fit in any memory there is
+    assert decide(ModelSpec(name="t", model="x", train=TrainConfig(gradient_checkpointing=True)), model) is True
