@@ -124,6 +124,15 @@ def upcast_trainable(model: nn.Module) -> None:
             p.data = p.data.float()
 
 
+def cast_head_input(model: nn.Module, head: str) -> None:
+    """The trained head is float32 (upcast_trainable) and reads bf16 hidden states: cast its input as peft does
+    for LoRA layers. Under autocast (training, nerbench's prediction) this changes nothing; without it (a saved
+    case called directly) the head would fail on mixed dtypes."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and head in name.split(".") and module.weight.dtype == torch.float32:
+            module.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype), *args[1:]))
+
+
 def quantization_config(spec: ModelSpec):
     """NF4 with double quantization for qlora; the head stays in full precision (and out of LoRA)."""
     if spec.method != "qlora":
@@ -167,6 +176,7 @@ def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
     )
     model = get_peft_model(model, config)
     upcast_trainable(model)
+    cast_head_input(model, head)
     return model
 
 
@@ -392,4 +402,5 @@ def load_case(folder: str | Path, cache_dir: Path) -> Built:
     if not full:
         getattr(model, head).float()  # the head was trained in float32 (upcast_trainable); load it as such
         model = PeftModel.from_pretrained(model, folder)
+        cast_head_input(model, head)
     return Built(model, tokenizer_for(str(folder)), "hf", head, {})

@@ -1,4 +1,5 @@
-"""On a CUDA machine only (skipped elsewhere): the unsloth backend's head attachment, saving and reloading."""
+"""A QLoRA case saves and reloads to the same predictions, also when called outside autocast: on the hf backend
+everywhere (bitsandbytes' 4-bit layers run on CPU), on the unsloth backend where CUDA and unsloth are."""
 import importlib.util
 
 import pytest
@@ -9,8 +10,9 @@ from nerbench_core.specs import ModelSpec, TrainConfig
 
 from .helpers import tiny_qwen2
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None,
-                                reason="needs CUDA and unsloth")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_unsloth = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None,
+                                   reason="needs CUDA and unsloth")
 LABELS = ["O", "B-PER", "I-PER"]
 
 
@@ -20,8 +22,8 @@ def logits(model, ids):
         return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
 
 
-@pytest.mark.parametrize("backend", ["unsloth", "hf"])
-def test_gpu_qlora_case_saves_and_reloads_to_the_same_predictions(tmp_path, backend):
+@pytest.mark.parametrize("backend", [pytest.param("unsloth", marks=needs_unsloth), "hf"])
+def test_qlora_case_saves_and_reloads_to_the_same_predictions(tmp_path, backend):
     folder = tiny_qwen2(tmp_path / "qwen2", layers=2)
     spec = ModelSpec(name="tiny", model=str(folder), family="decoder", method="qlora", backend=backend,
                      train=TrainConfig(max_length=32, gradient_checkpointing=False))
@@ -33,7 +35,7 @@ def test_gpu_qlora_case_saves_and_reloads_to_the_same_predictions(tmp_path, back
         for p in built.model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
-    ids = torch.randint(5, len(built.tokenizer), (2, 9), device="cuda")
+    ids = torch.randint(5, len(built.tokenizer), (2, 9), device=DEVICE)
     expected = logits(built.model, ids)
     out = built.model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.zeros_like(ids))
     out.loss.backward()  # the loss reaches the LoRA weights through unsloth's kernels
