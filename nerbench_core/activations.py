@@ -9,8 +9,7 @@ it does not (a 12 or 24 GB card), so one suite runs fast on a large GPU and stil
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+import os
 
 # Bytes of bf16 activations per token per layer kept for the backward pass of a Llama/Qwen2/BERT-style layer
 # with LoRA on every projection: about 24 per hidden unit (attention inputs and outputs, the LoRA inputs after
@@ -20,6 +19,7 @@ PER_HIDDEN_UNIT = 24
 PER_MLP_UNIT = 10
 MARGIN = 1.25  # estimate error, allocator fragmentation
 RESERVE_BYTES = 2 * 2**30  # optimizer states of the trained weights, dequantization buffers, the loss
+SHARED_BY = "NERBENCH_GPU_SHARED_BY"  # set by the plugin: how many pytest-xdist workers use this process's GPU
 
 
 def activation_bytes(config, tokens: int) -> int:
@@ -30,10 +30,12 @@ def activation_bytes(config, tokens: int) -> int:
 
 
 def free_memory_bytes() -> int | None:
-    """Memory left for this process on its device: the GPU's free memory, or on CPU the system's available
-    memory (Linux); None where it cannot be known. With several processes on one GPU it is what is free now."""
+    """Memory left for this process on its device: its share of the GPU's free memory (workers on the same GPU
+    split it), or on CPU the system's available memory (Linux); None where it cannot be known."""
+    import torch  # here: the plugin reads SHARED_BY before anything should touch torch
+
     if torch.cuda.is_available():
-        return torch.cuda.mem_get_info()[0]
+        return torch.cuda.mem_get_info()[0] // max(1, int(os.environ.get(SHARED_BY, "1")))
     try:
         with open("/proc/meminfo") as f:
             fields = dict(line.split(":", 1) for line in f)
@@ -56,7 +58,7 @@ def tokens_per_step(train) -> int:
     return train.max_tokens_per_batch or train.batch_size * train.max_length
 
 
-def decide(spec, model: nn.Module) -> bool:
+def decide(spec, model) -> bool:
     """Gradient checkpointing for this case, with the model already on its device."""
     from transformers import PreTrainedModel
 

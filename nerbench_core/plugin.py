@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .activations import SHARED_BY
+
 BASELINES = Path(__file__).resolve().parent.parent / "bench" / "baselines.json"
 
 
@@ -89,9 +91,13 @@ def _pin_worker_gpu(config) -> None:
     if worker is None:
         return
     ids = config.getoption("--gpus") or os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpu = worker_gpu(worker, ids.split(",") if ids else _visible_gpus())
+    gpus = ids.split(",") if ids else _visible_gpus()
+    gpu = worker_gpu(worker, gpus)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        # gradient_checkpointing = "auto" counts only its share of a GPU that several workers use
+        count = int(config.workerinput.get("workercount", 1))
+        os.environ[SHARED_BY] = str(sum(worker_gpu(f"gw{i}", gpus) == gpu for i in range(count)))
 
 
 def worker_gpu(worker: str, gpus: list[str]) -> str | None:

@@ -1,4 +1,5 @@
 import dataclasses
+import os
 
 import pytest
 
@@ -107,3 +108,17 @@ def test_xdist_workers_get_gpus_round_robin():
     assert [worker_gpu(f"gw{i}", ["0", "1"]) for i in range(4)] == ["0", "1", "0", "1"]
     assert worker_gpu("gw1", "2, 3".split(",")) == "3"  # from --gpus or CUDA_VISIBLE_DEVICES
     assert worker_gpu("gw0", []) is None  # no GPU: nothing to pin
+
+
+@pytest.mark.parametrize("worker, gpu, shared_by", [("gw0", "0", "2"), ("gw1", "1", "1"), ("gw2", "0", "2")])
+def test_each_worker_knows_how_many_share_its_gpu(monkeypatch, worker, gpu, shared_by):
+    from types import SimpleNamespace
+
+    from nerbench_core.activations import SHARED_BY
+    from nerbench_core.plugin import _pin_worker_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv(SHARED_BY, "")
+    config = SimpleNamespace(workerinput={"workerid": worker, "workercount": 3}, getoption=lambda name: "0,1")
+    _pin_worker_gpu(config)  # three workers on two GPUs: gw0 and gw2 split GPU 0
+    assert (os.environ["CUDA_VISIBLE_DEVICES"], os.environ[SHARED_BY]) == (gpu, shared_by)
