@@ -27,6 +27,10 @@ def test_explicit_settings_and_unknown_memory():
     assert use_checkpointing(True, QWEN_7B, 16, 10**15) is True
     assert use_checkpointing(False, QWEN_7B, 10**6, 0) is False
     assert use_checkpointing("auto", QWEN_7B, 16, None) is True  # no way to know: the safe choice
+    # float32 activations (GPUs without bf16) take twice the memory
+    assert activation_bytes(QWEN_7B, 4096, bytes_per_value=4) == 2 * activation_bytes(QWEN_7B, 4096)
+    assert use_checkpointing("auto", QWEN_7B, 4096, 50 * GiB) is False
+    assert use_checkpointing("auto", QWEN_7B, 4096, 50 * GiB, bytes_per_value=4) is True
     assert tokens_per_step(TrainConfig(batch_size=32, max_length=128)) == 4096
     assert tokens_per_step(TrainConfig(batch_size=4096, max_tokens_per_batch=1024)) == 1024
 
