@@ -123,7 +123,9 @@ def pytest_configure(config):
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     _preload_unsloth(config)
     from .runner import RunOptions
-    from .records import Baselines
+    from .records import CODE_DIR, Baselines, git_commit
+
+    git_commit(CODE_DIR)  # the code's commit as this run starts: records carry it, whatever happens later
     from .session import Session
     from .specs import SpecError, parse_override
 

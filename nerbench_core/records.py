@@ -7,6 +7,7 @@ lose nothing and a process killed mid-write leaves no partial record.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Iterable
 from filelock import FileLock
 
 SCHEMA = 1
+CODE_DIR = Path(__file__).resolve().parent  # whose git commit each record carries
 
 
 @dataclass
@@ -102,6 +104,13 @@ class Baselines:
 
 
 def git_commit(cwd: str | Path | None = None) -> dict:
+    """The commit of the code in ``cwd``, read once per process (the plugin reads it at start-up), so that a
+    record names the code that ran even where the checkout moves on during a long run."""
+    return dict(_git_state(str(cwd) if cwd is not None else None))
+
+
+@functools.lru_cache(maxsize=None)
+def _git_state(cwd: str | None) -> tuple:
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
@@ -111,8 +120,8 @@ def git_commit(cwd: str | Path | None = None) -> dict:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None,
-            "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+    return (("commit", commit), ("dirty", bool(dirty) if dirty is not None else None),
+            ("branch", git("rev-parse", "--abbrev-ref", "HEAD")))
 
 
 def versions(packages: Iterable[str] = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",

@@ -54,7 +54,7 @@ def new_record(spec: ModelSpec, dataset: NerDataset, opts: RunOptions, status: s
                  "sentences": {k: len(v) for k, v in dataset.splits.items()}},
         seed=spec.train.seed, floor=None if opts.synthetic else spec.floor_for(opts.quick), synthetic=opts.synthetic,
         label=opts.label,
-        environment={"versions": records.versions(), "git": records.git_commit(Path(__file__).parent),
+        environment={"versions": records.versions(), "git": records.git_commit(records.CODE_DIR),
                      "machine": records.machine_info(cost.gpu_info())},
         **fields,
     )

@@ -134,3 +134,24 @@ def test_time_table_gives_each_case_its_share_of_the_suite():
     share = {row[0]: row[headers.index("share")] for row in rows}
     assert share == {"big": "75%", "small": "25%", "all": "100%"}  # largest first, then the total
     assert rows[-1][headers.index("case s")] == "240.0 (4.0 min)"
+
+
+def test_records_name_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    import subprocess
+
+    from nerbench_core import records
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (repo / "f").write_text("1")
+    git("add", "f")
+    git("commit", "-qm", "one")
+    first = records.git_commit(repo)
+    (repo / "f").write_text("2")
+    git("commit", "-qam", "two")  # the checkout moves on while the run goes on
+    assert records.git_commit(repo) == first and first["commit"] and first["dirty"] is False
