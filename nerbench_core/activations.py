@@ -63,12 +63,11 @@ def tokens_per_step(train) -> int:
 def decide(spec, model) -> bool:
     """Gradient checkpointing for this case, with the model already on its device."""
     import torch
-    from transformers import PreTrainedModel
 
-    from .modeling import compute_dtype
+    from .modeling import compute_dtype, transformers_model
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not isinstance(base, PreTrainedModel):
+    base = transformers_model(model)
+    if base is None:
         # the unsloth backend decided at load time: its own checkpointing (activations offloaded to CPU) for
         # true and "auto", none for false
         return spec.train.gradient_checkpointing is not False

@@ -117,6 +117,15 @@ def weights_dtype(spec: ModelSpec) -> torch.dtype:
     return torch.float32 if spec.method == "full" else compute_dtype(spec)
 
 
+def transformers_model(model: nn.Module):
+    """The transformers model itself (inside a peft wrapper), or None for other models (the unsloth backend's
+    classifier): what the Trainer's transformers-only features (liger-kernel, checkpointing) apply to."""
+    from transformers import PreTrainedModel
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base if isinstance(base, PreTrainedModel) else None
+
+
 def upcast_trainable(model: nn.Module) -> None:
     """LoRA weights and the head are updated by the optimizer: keep them in float32 under bf16 autocast."""
     for p in model.parameters():
@@ -337,9 +346,10 @@ BACKENDS: dict[str, Callable[..., Built]] = {"hf": load_hf, "unsloth": load_unsl
 def choose_backend(spec: ModelSpec) -> tuple[str, str]:
     """The backend a spec runs on, and why.
 
-    ``auto`` is hf. On Qwen1.5-7B QLoRA (H100, docs/PERFORMANCE.md) unsloth spent about 30 s compiling its
-    kernels and finished one epoch in 71.5 s against hf's 61.5 s, with 5 GiB more memory; it is faster after
-    that warm-up, so long runs may prefer it, one ``backend`` away.
+    ``auto`` is hf. On Qwen1.5-7B QLoRA over the seed suite's three epochs (H100, docs/PERFORMANCE.md) hf
+    trained in 120.5 s (checkpointing "auto", off there; 30.9 GiB), unsloth in 163.9 s, about 30 s of it
+    compiling its kernels (13.3 GiB); with checkpointing on, hf took 174.2 s at 8.2 GiB. unsloth is one
+    ``backend`` away where memory is short.
     """
     if spec.backend == "unsloth":
         if not torch.cuda.is_available():
@@ -349,7 +359,7 @@ def choose_backend(spec: ModelSpec) -> tuple[str, str]:
         if spec.method == "full" or not spec.is_decoder:
             raise ValueError(f"{spec.name}: the unsloth backend runs LoRA and QLoRA decoders; use backend 'hf'")
         return "unsloth", "asked for"
-    return "hf", "asked for" if spec.backend == "hf" else "default (faster than unsloth over one epoch here)"
+    return "hf", "asked for" if spec.backend == "hf" else "default (faster than unsloth over three epochs here)"
 
 
 def use_shape_agnostic_attention() -> None:

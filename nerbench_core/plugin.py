@@ -124,10 +124,10 @@ def pytest_configure(config):
     _preload_unsloth(config)
     from .runner import RunOptions
     from .records import CODE_DIR, Baselines, git_commit
-
-    git_commit(CODE_DIR)  # the code's commit as this run starts: records carry it, whatever happens later
     from .session import Session
     from .specs import SpecError, parse_override
+
+    git_commit(CODE_DIR)  # the code's commit as this run starts: records carry it, whatever happens later
 
     config.addinivalue_line("markers", "bench: a benchmark case (fine-tunes a model)")
     config.addinivalue_line("markers", "encoder: encoder model case")

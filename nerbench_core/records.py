@@ -109,7 +109,7 @@ def git_commit(cwd: str | Path | None = None) -> dict:
     return dict(_git_state(str(cwd) if cwd is not None else None))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _git_state(cwd: str | None) -> tuple:
     def git(*args: str) -> str | None:
         try:

@@ -79,7 +79,7 @@ class ModelSpec:
     gguf_file: str | None = None  # a GGUF file inside `model`'s folder, loaded dequantized
     attention: Attention = "causal"  # decoders only; encoders are bidirectional by construction
     bidirectional_layers: int | None = None  # with attention="bidirectional": None = all layers, k = the last k
-    backend: Backend = "auto"  # auto: hf (faster than unsloth over one epoch here: docs/PERFORMANCE.md)
+    backend: Backend = "auto"  # auto: hf (faster than unsloth over three epochs here: docs/PERFORMANCE.md)
     architecture: str | None = None  # name in architectures.toml: the exact shape, for --synthetic runs
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSpec | None = None

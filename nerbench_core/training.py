@@ -21,7 +21,7 @@ from transformers import DataCollatorForTokenClassification, Trainer, TrainerCal
 
 from . import activations
 from .features import EncodedSplit
-from .modeling import compute_dtype
+from .modeling import compute_dtype, transformers_model
 from .specs import ModelSpec
 
 
@@ -240,27 +240,22 @@ def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
     model type built in that process gets its norms and MLPs even with ``fused_kernels = false``; the perf
     benchmark therefore runs each set-up in its own process.
     """
-    from transformers import PreTrainedModel
-
     if not (spec.train.fused_kernels and torch.cuda.is_available()):
         return None
     try:
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
     except ImportError:
         return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's own
-    if not isinstance(base, PreTrainedModel) or base.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+    base = transformers_model(model)
+    if base is None or base.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         return None
     return {"fused_linear_cross_entropy": False, "cross_entropy": False}
 
 
 def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, checkpoints: bool,
-                       liger: dict | None = None, gradient_checkpointing: bool | None = None) -> TrainingArguments:
-    """``gradient_checkpointing``: the decision for this case (activations.decide); None takes the spec's
-    true or false as it stands."""
+                       liger: dict | None, gradient_checkpointing: bool) -> TrainingArguments:
+    """``liger``: liger_config's answer; ``gradient_checkpointing``: activations.decide's (a spec may say "auto")."""
     t = spec.train
-    if gradient_checkpointing is None:
-        gradient_checkpointing = t.gradient_checkpointing is True
     steps_per_epoch = max(1, math.ceil(n_examples / t.batch_size))
     return TrainingArguments(
         output_dir=str(output_dir),
