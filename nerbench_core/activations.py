@@ -21,6 +21,7 @@ PER_MLP_UNIT = 5
 MARGIN = 1.25  # estimate error, allocator fragmentation
 RESERVE_BYTES = 2 * 2**30  # optimizer states of the trained weights, dequantization buffers, the loss
 SHARED_BY = "NERBENCH_GPU_SHARED_BY"  # set by the plugin: how many pytest-xdist workers use this process's GPU
+MEMORY_CAP = "NERBENCH_GPU_MEMORY_GB"  # set by the plugin from --gpu-memory: behave as a card of that size
 
 
 def activation_bytes(config, tokens: int, bytes_per_value: int = 2) -> int:
@@ -30,13 +31,37 @@ def activation_bytes(config, tokens: int, bytes_per_value: int = 2) -> int:
     return tokens * config.num_hidden_layers * (PER_HIDDEN_UNIT * hidden + PER_MLP_UNIT * mlp) * bytes_per_value
 
 
+def memory_cap_bytes() -> int | None:
+    """--gpu-memory GB: the card size to behave as, in bytes (GB as cards are sold: 12 GB = 12e9 bytes)."""
+    value = os.environ.get(MEMORY_CAP)
+    return int(float(value) * 1e9) if value else None
+
+
+def cap_gpu_memory() -> None:
+    """Under --gpu-memory, make CUDA allocations beyond the cap fail in this process, as they would on such a card:
+    a run on a large GPU then shows whether a case fits a small one, "auto" deciding as it would there."""
+    import torch
+
+    cap = memory_cap_bytes()
+    if cap and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
+
+
+def capped(free: int, cap: int | None, reserved: int) -> int:
+    """Free memory as a card of ``cap`` bytes would have it, this process holding ``reserved`` of it."""
+    return free if cap is None else max(0, min(free, cap - reserved))
+
+
 def free_memory_bytes() -> int | None:
     """Memory left for this process on its device: its share of the GPU's free memory (workers on the same GPU
-    split it), or on CPU the system's available memory (Linux); None where it cannot be known."""
+    split it; --gpu-memory caps it), or on CPU the system's available memory (Linux); None where it cannot be
+    known."""
     import torch  # here: the plugin reads SHARED_BY before anything should touch torch
 
     if torch.cuda.is_available():
-        return torch.cuda.mem_get_info()[0] // max(1, int(os.environ.get(SHARED_BY, "1")))
+        free = torch.cuda.mem_get_info()[0] // max(1, int(os.environ.get(SHARED_BY, "1")))
+        return capped(free, memory_cap_bytes(), torch.cuda.memory_reserved())
     try:
         with open("/proc/meminfo") as f:
             fields = dict(line.split(":", 1) for line in f)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .activations import SHARED_BY
+from .activations import MEMORY_CAP, SHARED_BY
 
 BASELINES = Path(__file__).resolve().parent.parent / "bench" / "baselines.json"
 
@@ -48,6 +48,9 @@ def pytest_addoption(parser):
     g.addoption("--synthetic", action="store_true",
                 help="random weights in each case's exact published architecture: cost only, no download, no floors")
     g.addoption("--gpu-peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU, for MFU")
+    g.addoption("--gpu-memory", type=float, default=os.environ.get(MEMORY_CAP), metavar="GB",
+                help="behave as a GPU of GB gigabytes: allocations beyond it fail and gradient_checkpointing "
+                     "\"auto\" decides for that size (does a case fit a 12 GB card? --gpu-memory 12)")
     g.addoption("--gpus", default=os.environ.get("NERBENCH_GPUS"), metavar="IDS",
                 help="GPUs for pytest-xdist workers, e.g. 0,1,2,3: worker gwN gets IDS[N mod len] "
                      "(default: every GPU nvidia-smi lists)")
@@ -121,6 +124,8 @@ def pytest_configure(config):
     # Variable-shape batches fragment the caching allocator: growable segments keep reserved memory near what
     # is allocated (read when CUDA first allocates; a user's own setting wins).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    if config.getoption("--gpu-memory"):
+        os.environ[MEMORY_CAP] = str(config.getoption("--gpu-memory"))
     _preload_unsloth(config)
     from .runner import RunOptions
     from .records import CODE_DIR, Baselines, git_commit

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from . import cost, modeling, records, training
+from . import activations, cost, modeling, records, training
 from .data import NerDataset
 from .features import WordEncoder
 from .inference import predict_tags
@@ -63,6 +63,7 @@ def new_record(spec: ModelSpec, dataset: NerDataset, opts: RunOptions, status: s
 def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.RunRecord:
     spec = effective_spec(spec, opts)
     set_seed(spec.train.seed)
+    activations.cap_gpu_memory()
     cost.reset_peak_memory()
     id2label = dict(enumerate(dataset.labels))
     label2id = {label: i for i, label in id2label.items()}
@@ -104,6 +105,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
             modeling.save_case(built, spec, dataset.labels, opts.save_models / spec.name)
         measured = measure(built, spec, splits, outcome, test, load_seconds, opts)
         measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from,
+                        gpu_memory_cap_bytes=activations.memory_cap_bytes(),
                         case_seconds=time.perf_counter() - t0)  # build, encoding, training, dev and test scoring
         built.details.update(fused_kernels=outcome.fused_kernels, gradient_checkpointing=outcome.gradient_checkpointing)
         shutil.rmtree(work, ignore_errors=True)  # the case is done: its checkpoints are not needed

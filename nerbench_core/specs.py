@@ -52,6 +52,10 @@ class TrainConfig:
     # liger-kernel's fused RMSNorm, SwiGLU and RoPE (Triton) for the model types it knows (Qwen2, Llama, ...),
     # where CUDA and liger-kernel are present; elsewhere, and for other models, this changes nothing.
     fused_kernels: bool = True
+    # Regional torch.compile of the model's repeated layers (compiling.py), hf backend; where on, inductor's fused
+    # kernels take the place of liger-kernel's. Off by default: on the seed decoders it did not pay (it compiles
+    # each layer variant for 15-20 s, and ran slower per step: docs/PERFORMANCE.md).
+    torch_compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
 
-from . import activations
+from . import activations, compiling
 from .features import EncodedSplit
 from .modeling import compute_dtype, transformers_model
 from .specs import ModelSpec
@@ -134,29 +134,46 @@ class SteadyRate(TrainerCallback):
 
 
 class ProfileSteps(TrainerCallback):
-    """torch.profiler over a few steps after the warm-up; the operator table (CUDA time first) goes to a file."""
+    """torch.profiler and Python's cProfile over a few steps after the warm-up. The operator tables (by CUDA time,
+    then by the host's own time per operator) go to ``path``; the Python functions by own time and by cumulative
+    time to ``path`` with suffix ``.python.txt``: where a step's host time goes when the GPU waits on it."""
 
     def __init__(self, path: Path, first: int = 4, steps: int = 3):
         self.path, self.first, self.last = path, first, first + steps - 1
         self.profiler = None
+        self.python = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step + 1 == self.first and self.profiler is None:
+            import cProfile
+
             from torch.profiler import ProfilerActivity, profile
 
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
             self.profiler = profile(activities=activities)
             self.profiler.__enter__()
+            self.python = cProfile.Profile()
+            self.python.enable()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.profiler is not None and (state.global_step == self.last or state.global_step == state.max_steps):
+            import io
+            import pstats
+
+            self.python.disable()
             self.last = state.global_step
             self.profiler.__exit__(None, None, None)
             sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+            table = self.profiler.key_averages()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(f"steps {self.first}-{self.last}\n"
-                                 + self.profiler.key_averages().table(sort_by=sort, row_limit=40))
-            self.profiler = None
+            self.path.write_text(f"steps {self.first}-{self.last}\n" + table.table(sort_by=sort, row_limit=40)
+                                 + "\nby the host's own time\n" + table.table(sort_by="self_cpu_time_total", row_limit=40))
+            text = io.StringIO()
+            stats = pstats.Stats(self.python, stream=text)
+            stats.sort_stats("tottime").print_stats(40)
+            stats.sort_stats("cumulative").print_stats(60)
+            self.path.with_suffix(".python.txt").write_text(f"steps {self.first}-{self.last}\n" + text.getvalue())
+            self.profiler = self.python = None
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -212,11 +229,30 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
 
 
 class NerTrainer(Trainer):
-    """The Trainer, with token-budget batches when the spec asks for them."""
+    """The Trainer, with token-budget batches when the spec asks for them, and two per-step walks over every
+    module of the model done once instead (cProfile on an H100, Qwen1.5-7B QLoRA: with model.train() and
+    zero_grad, such walks were 14% of the host's time in a step, docs/PERFORMANCE.md)."""
 
     def __init__(self, *args, max_tokens_per_batch: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_tokens_per_batch = max_tokens_per_batch
+        self._flops_per_token: float | None = None
+        self._trainable: list[nn.Parameter] | None = None
+
+    def floating_point_ops(self, inputs: dict) -> float:
+        """The Trainer's FLOP count (6 x tokens x parameters) with the parameters counted once, not every step."""
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs:
+            return 0.0
+        if self._flops_per_token is None:
+            self._flops_per_token = float(super().floating_point_ops({main_input: torch.zeros(1, 1, dtype=torch.long)}))
+        return self._flops_per_token * inputs[main_input].numel()
+
+    def _clip_grad_norm(self, model):
+        """Clip the gradients of the trained weights only: the same norm, without visiting every frozen one."""
+        if self._trainable is None:
+            self._trainable = [p for p in model.parameters() if p.requires_grad]
+        return self.accelerator.clip_grad_norm_(self._trainable, self.args.max_grad_norm)
 
     def get_train_dataloader(self):
         if not self.max_tokens_per_batch:
@@ -235,12 +271,19 @@ def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
     a model type it does not know, or a model that is not a transformers model (the unsloth backend's wrapper,
     which the Trainer's liger hook would pass over).
 
+    Compiled layers (``torch_compile``) get inductor's fused kernels instead: liger's hand-written Triton autograd
+    functions inside a compiled region would be opaque to it.
+
     Its fused linear cross-entropy is for language-model heads: it would replace a token classifier's forward.
+    Its RoPE kernel declares the batch size a compile-time constant, so Triton compiles it anew for every batch
+    size it meets, and token-budget batches change size at almost every step: on an H100 that compilation was
+    41% of the host's time in a Qwen1.5-0.5B step (torch.profiler, docs/PERFORMANCE.md). transformers' own RoPE
+    is a few elementwise operations.
     liger also swaps transformers' module classes for the rest of the process, so a later case of the same
     model type built in that process gets its norms and MLPs even with ``fused_kernels = false``; the perf
     benchmark therefore runs each set-up in its own process.
     """
-    if not (spec.train.fused_kernels and torch.cuda.is_available()):
+    if not (spec.train.fused_kernels and torch.cuda.is_available()) or spec.train.torch_compile:
         return None
     try:
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
@@ -249,7 +292,7 @@ def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
     base = transformers_model(model)
     if base is None or base.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         return None
-    return {"fused_linear_cross_entropy": False, "cross_entropy": False}
+    return {"fused_linear_cross_entropy": False, "cross_entropy": False, "rope": False}
 
 
 def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, checkpoints: bool,
@@ -277,6 +320,9 @@ def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, check
         save_strategy="epoch" if checkpoints else "no",
         save_total_limit=1,  # only the last epoch is needed to resume
         logging_steps=max(1, min(50, steps_per_epoch // 4)),
+        # The filter tests every step's loss for NaN on the host, which waits for the GPU to finish the step before
+        # the next can be queued. Off: a non-finite loss reaches the logged mean, and LossCurve stops the run on it.
+        logging_nan_inf_filter=False,
         report_to="none",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
@@ -317,6 +363,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     curve = LossCurve()
     steady = SteadyRate(collator)
     liger = liger_config(spec, model)
+    compiled = compiling.apply(spec, model)
     checkpointing = activations.decide(spec, model)
     trainer = NerTrainer(
         model=model,
@@ -356,6 +403,6 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
         loss_curve=curve.points,
         resumed_from=Path(resume).name if resume else None,
         steady_tokens_per_second=steady_rate,
-        fused_kernels=["liger-kernel: rms_norm, swiglu, rope"] if liger else [],
+        fused_kernels=(["liger-kernel: rms_norm, swiglu"] if liger else []) + ([compiled] if compiled else []),
         gradient_checkpointing=checkpointing,
     )

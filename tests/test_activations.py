@@ -46,3 +46,17 @@ def test_decide_reads_the_loaded_model_and_its_spec(tmp_path):
     spec = ModelSpec(name="t", model="x", train=TrainConfig(gradient_checkpointing="auto", batch_size=8, max_length=16))
     assert decide(spec, model) is False  # a tiny model: its activations fit in any memory there is
     assert decide(ModelSpec(name="t", model="x", train=TrainConfig(gradient_checkpointing=True)), model) is True
+
+
+def test_a_memory_cap_makes_auto_decide_as_on_a_card_of_that_size(monkeypatch):
+    from nerbench_core.activations import MEMORY_CAP, capped, memory_cap_bytes
+
+    monkeypatch.delenv(MEMORY_CAP, raising=False)
+    assert memory_cap_bytes() is None and capped(70 * GiB, None, 9 * GiB) == 70 * GiB
+    monkeypatch.setenv(MEMORY_CAP, "12")  # --gpu-memory 12: a 12 GB card
+    assert memory_cap_bytes() == 12 * 10**9
+    # Qwen1.5-14B at its 1024-token batches: off on an 80 GB card, on within 12 GB with its 9 GB of weights loaded
+    qwen_14b = SimpleNamespace(hidden_size=5120, intermediate_size=13696, num_hidden_layers=40)
+    assert use_checkpointing("auto", qwen_14b, 1024, capped(70 * GiB, None, 9 * GiB)) is False
+    assert use_checkpointing("auto", qwen_14b, 1024, capped(70 * GiB, memory_cap_bytes(), 9 * GiB)) is True
+    assert capped(GiB, 12 * 10**9, 13 * 10**9) == 0  # over the cap already: nothing free

@@ -151,4 +151,44 @@ def test_max_steps_caps_training_and_the_steady_rate_leaves_out_the_first_steps(
     assert outcome.steps == 5  # 16 steps an epoch without the cap
     assert outcome.steady_tokens_per_second and outcome.steady_tokens_per_second > 0
     assert (tmp_path / "profile.txt").read_text().startswith("steps 4-5")  # the profiler stops at the last step
+    assert "by the host's own time" in (tmp_path / "profile.txt").read_text()
+    assert "function calls" in (tmp_path / "profile.python.txt").read_text()  # cProfile's stats of the same steps
     assert outcome.fused_kernels == []  # liger-kernel needs CUDA
+
+
+def test_the_trainers_per_step_shortcuts_give_the_trainers_own_numbers(qwen_dir, dataset, tmp_path):
+    from transformers import Trainer
+
+    spec = spec_for(qwen_dir)
+    built = modeling.build(spec, dataset.labels, tmp_path)
+    train_split = WordEncoder(built.tokenizer, spec.train.max_length).encode(
+        dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
+    collator = training.CountingCollator(built.tokenizer)
+    trainer = training.NerTrainer(model=built.model, args=training.training_arguments(
+        spec, tmp_path, len(train_split.examples), checkpoints=False, liger=None, gradient_checkpointing=False),
+        train_dataset=training.ListDataset(train_split), data_collator=collator)
+    batch = collator([r for r in trainer.train_dataset.rows[:8]])
+    assert trainer.floating_point_ops(batch) == Trainer.floating_point_ops(trainer, batch) > 0
+    assert trainer.floating_point_ops(batch) == Trainer.floating_point_ops(trainer, batch)  # counted once, reused
+    built.model(**batch).loss.backward()
+    trainer.args.max_grad_norm = float("inf")  # measure the norm without clipping, twice over the same gradients
+    ours, theirs = trainer._clip_grad_norm(built.model), Trainer._clip_grad_norm(trainer, built.model)
+    assert float(ours) > 0
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_regionally_compiled_layers_predict_what_eager_ones_do(qwen_dir, tmp_path):
+    from nerbench_core import compiling
+
+    spec = spec_for(qwen_dir, method="lora", attention="bidirectional")
+    built = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    ids = torch.randint(0, 200, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    eager = logits(built.model, ids, mask)
+    assert compiling.apply(spec, built.model) is None  # not asked for
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, torch_compile=True))
+    assert compiling.apply(spec, built.model) == "torch.compile of 3 x Qwen2DecoderLayer"
+    torch.testing.assert_close(logits(built.model, ids, mask), eager, rtol=2e-2, atol=2e-2)
+    named = {n for n, _ in built.model.named_parameters()}
+    assert not any("_orig_mod" in n for n in named)  # compiled in place: saving and checkpoints see the same names

