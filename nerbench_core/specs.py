@@ -49,7 +49,7 @@ class TrainConfig:
     optimizer: str = "adamw_torch_fused"
     # Stop after this many optimizer steps (speed benchmarks); None trains the given epochs.
     max_steps: int | None = None
-    # liger-kernel's fused RMSNorm, SwiGLU and RoPE (Triton) for the model types it knows (Qwen2, Llama, ...),
+    # liger-kernel's fused RMSNorm and SwiGLU (Triton) for the model types it knows (Qwen2, Llama, ...),
     # where CUDA and liger-kernel are present; elsewhere, and for other models, this changes nothing.
     fused_kernels: bool = True
     # Regional torch.compile of the model's repeated layers (compiling.py), hf backend; where on, inductor's fused

@@ -81,8 +81,10 @@ def setup(record: RunRecord) -> str:
                 else f"{t.get('batch_size')} sentences, {'length-grouped' if t.get('group_by_length') else 'random'}")
     # as decided for the run (a spec may say "auto"); records from before that decision have only the spec's
     checkpointing = record.model.get("gradient_checkpointing", t.get("gradient_checkpointing"))
+    kernels = record.model.get("fused_kernels") or []
     extras = [x for x, on in (("grad ckpt", checkpointing is True),
-                              ("liger", bool(record.model.get("fused_kernels")))) if on]
+                              ("liger", any(k.startswith("liger") for k in kernels)),
+                              ("compiled", any(k.startswith("torch.compile") for k in kernels))) if on]
     return ", ".join([batching, *extras])
 
 

@@ -119,6 +119,11 @@ def test_cost_table_compares_each_case_with_its_own_baseline_run():
     old = run("7b", "old", 5000.0, 5000.0, max_tokens_per_batch=4096, gradient_checkpointing=True)
     _, rows = cost_rows([auto, old])
     assert [r[column["set-up"]] for r in rows] == ["4096-token batches", "4096-token batches, grad ckpt"]
+    # the kernels a run used: liger-kernel's, or compiled layers (torch_compile)
+    auto.model["fused_kernels"] = ["liger-kernel: rms_norm, swiglu"]
+    old.model["fused_kernels"] = ["torch.compile of 24 x Qwen2DecoderLayer"]
+    _, rows = cost_rows([auto, old])
+    assert [r[column["set-up"]] for r in rows] == ["4096-token batches, liger", "4096-token batches, grad ckpt, compiled"]
 
 
 def test_time_table_gives_each_case_its_share_of_the_suite():

@@ -14,7 +14,7 @@ def test_seed_suite_is_bert_and_five_qwen_models():
     assert (bert.method, bert.train.epochs) == ("full", 3.0)
     assert (qwen7.model, qwen7.method, qwen7.train.learning_rate, qwen7.lora.r, qwen7.lora.alpha) == (
         "Qwen/Qwen1.5-7B", "qlora", 1e-3, 16, 32)
-    assert (qwen7.train.gradient_checkpointing, qwen7.train.max_tokens_per_batch) == ("auto", 4096)  # defaults
+    assert (qwen7.train.gradient_checkpointing, qwen7.train.max_tokens_per_batch) == ("auto", 1024)  # defaults
     # the 14B keeps the decoder defaults it does not override, and fits a 12 GB card by its own
     assert (qwen14.train.max_tokens_per_batch, qwen14.train.optimizer) == (1024, "adamw_bnb_8bit")
     assert qwen14.train.gradient_checkpointing == "auto" and qwen14.lora.r == 16  # on for a 12 GB card

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 5, per-step overhead on one GPU: eager against regional torch.compile (nerbench_core/compiling.py), capped
-# steps, steady tokens/s after 3 warm-up steps; then where the host still waits on the GPU in a step
-# (torch.cuda sync debug mode: each synchronizing call's source line, in the warnings summary of sync.log).
+# steps, steady tokens/s after 3 warm-up steps (docs/PERFORMANCE.md). The lanes after 7b-compile did not start
+# within the call's time; docs/gpu/overhead.sh ran the profile and sync lanes.
 R=${R:-/tmp/compile}; mkdir -p $R
 source docs/gpu/lib.sh
 nvidia-smi -L | tee $OUT/gpu.txt
@@ -10,7 +10,8 @@ run() { local label=$1 case=$2; shift 2; step $label $seed -k $case --label $lab
 C="--set torch_compile=true"
 run 0.5b-eager qwen1.5-0.5b --set max_steps=40
 run 0.5b-compile qwen1.5-0.5b --set max_steps=40 $C
-run 0.5b-cudagraphs qwen1.5-0.5b --set max_steps=60 $C --set torch_compile_mode=reduce-overhead --set pad_to_multiple_of=16
+# (When it ran, a third lane tried CUDA graphs: torch.compile mode "reduce-overhead" over lengths padded to multiples
+# of 16. It died of a segmentation fault after 82 s, and those two options were taken out again.)
 run bert-compile bert-base-cased $C
 run 7b-compile qwen1.5-7b --set max_steps=25 $C
 run 14b-compile qwen1.5-14b --set max_steps=16 $C

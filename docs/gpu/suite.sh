@@ -13,7 +13,7 @@ seed="python -m pytest bench --synthetic --suite seed --rerun -q -p no:cacheprov
 suite="--label suite --results-dir $R/suite"
 perf="python -m nerbench_core.perf --synthetic --out $R/perf"
 ( step 7b env CUDA_VISIBLE_DEVICES=0 $seed -k qwen1.5-7b $suite
-  step 7b-perf env CUDA_VISIBLE_DEVICES=0 $perf qwen1.5-7b --variants baseline,default --steps baseline=40,default=25 ) &
+  step 7b-perf env CUDA_VISIBLE_DEVICES=0 $perf qwen1.5-7b --variants baseline,default,fast --steps baseline=40,default=60,fast=25 ) &
 ( step 4b env CUDA_VISIBLE_DEVICES=1 $seed -k qwen1.5-4b $suite
   step 0.5b env CUDA_VISIBLE_DEVICES=1 $seed -k qwen1.5-0.5b $suite ) &
 ( step 1.8b env CUDA_VISIBLE_DEVICES=2 $seed -k qwen1.5-1.8b $suite
@@ -24,5 +24,5 @@ perf="python -m nerbench_core.perf --synthetic --out $R/perf"
 wait
 report="python -m nerbench_core.report $R/suite"
 { $report; $report --time; $report --cost; python -m nerbench_core.report $R/probe --cost
-  python -m nerbench_core.report $R/perf/baseline $R/perf/default --cost --baseline baseline; } | tee $OUT/suite.txt
+  python -m nerbench_core.report $R/perf/* --cost --baseline baseline; } | tee $OUT/suite.txt
 tar -czf $OUT/suite.tar.gz -C $R .  # records, logs
