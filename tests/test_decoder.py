@@ -168,8 +168,11 @@ def test_the_trainers_per_step_shortcuts_give_the_trainers_own_numbers(qwen_dir,
         spec, tmp_path, len(train_split.examples), checkpoints=False, liger=None, gradient_checkpointing=False),
         train_dataset=training.ListDataset(train_split), data_collator=collator)
     batch = collator([r for r in trainer.train_dataset.rows[:8]])
-    assert trainer.floating_point_ops(batch) == Trainer.floating_point_ops(trainer, batch) > 0
-    assert trainer.floating_point_ops(batch) == Trainer.floating_point_ops(trainer, batch)  # counted once, reused
+    theirs = Trainer.floating_point_ops(trainer, batch)
+    assert trainer.floating_point_ops(batch) == theirs > 0
+    built.model.num_parameters = lambda **kwargs: pytest.fail("the parameters were counted again")
+    assert trainer.floating_point_ops(batch) == theirs  # counted once, reused
+    del built.model.num_parameters
     built.model(**batch).loss.backward()
     trainer.args.max_grad_norm = float("inf")  # measure the norm without clipping, twice over the same gradients
     ours, theirs = trainer._clip_grad_norm(built.model), Trainer._clip_grad_norm(trainer, built.model)
