@@ -26,7 +26,7 @@ from .table import render_cost
 VARIANTS = {
     "baseline": ("HF Trainer defaults: random batches of 16 sentences, padded to the longest, no fused kernels",
                  ["--backend", "hf", "--set", "group_by_length=false", "--set", "batch_size=16",
-                  "--set", "max_tokens_per_batch=0", "--set", "fused_kernels=false",
+                  "--set", "max_tokens_per_batch=0", "--set", "fused_kernels=false", "--set", "fused_lora=false",
                   "--set", "gradient_checkpointing=true"]),
     "default": ("nerbench's default for the case (its suite spec)", ["--backend", "hf"]),
     "fast": ("the default with 4,096-token batches (the decoders' default before it was measured to cost F1)",
@@ -34,6 +34,9 @@ VARIANTS = {
     "large": ("the default with 16,384-token batches (fewer, larger steps: check F1 before using it)",
               ["--backend", "hf", "--set", "batch_size=4096", "--set", "max_tokens_per_batch=16384"]),
     "unsloth": ("the default set-up on the unsloth backend", ["--backend", "unsloth"]),
+    # one lever off at a time, to show its gain against the default
+    "peft-lora": ("the default with peft's own LoRA layers (fused_lora off)", ["--backend", "hf", "--set", "fused_lora=false"]),
+    "no-liger": ("the default without liger-kernel's fused RMSNorm and SwiGLU", ["--backend", "hf", "--set", "fused_kernels=false"]),
 }
 
 

@@ -56,6 +56,9 @@ class TrainConfig:
     # kernels take the place of liger-kernel's. Off by default: on the seed decoders it did not pay (it compiles
     # each layer variant for 15-20 s, and ran slower per step: docs/PERFORMANCE.md).
     torch_compile: bool = False
+    # LoRA projections as one autograd function each (lora_kernels.py) instead of peft's chain of modules: the same
+    # arithmetic with far less host work a step, which bounds the decoders' steps on a GPU (docs/PERFORMANCE.md).
+    fused_lora: bool = True
 
 
 @dataclass(frozen=True)

@@ -82,10 +82,13 @@ def setup(record: RunRecord) -> str:
     # as decided for the run (a spec may say "auto"); records from before that decision have only the spec's
     checkpointing = record.model.get("gradient_checkpointing", t.get("gradient_checkpointing"))
     kernels = record.model.get("fused_kernels") or []
-    extras = [x for x, on in (("grad ckpt", checkpointing is True),
-                              ("liger", any(k.startswith("liger") for k in kernels)),
-                              ("compiled", any(k.startswith("torch.compile") for k in kernels))) if on]
+    extras = ["grad ckpt"] if checkpointing is True else []
+    extras += [label for prefix, label in KERNEL_LABELS.items() if any(k.startswith(prefix) for k in kernels)]
     return ", ".join([batching, *extras])
+
+
+# How training.train names what it switched on (TrainOutcome.fused_kernels), and the set-up column's word for it.
+KERNEL_LABELS = {"liger": "liger", "torch.compile": "compiled", "fused LoRA": "fused LoRA"}
 
 
 def cost_rows(records: list[RunRecord], baseline: str | None = None) -> tuple[list[str], list[list]]:

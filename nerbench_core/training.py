@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
 
-from . import activations, compiling
+from . import activations, compiling, lora_kernels
 from .features import EncodedSplit
 from .modeling import compute_dtype, transformers_model
 from .specs import ModelSpec
@@ -364,6 +364,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     steady = SteadyRate(collator)
     liger = liger_config(spec, model)
     compiled = compiling.apply(spec, model)
+    fused_lora = lora_kernels.apply(spec, model)
     checkpointing = activations.decide(spec, model)
     trainer = NerTrainer(
         model=model,
@@ -403,6 +404,6 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
         loss_curve=curve.points,
         resumed_from=Path(resume).name if resume else None,
         steady_tokens_per_second=steady_rate,
-        fused_kernels=(["liger-kernel: rms_norm, swiglu"] if liger else []) + ([compiled] if compiled else []),
+        fused_kernels=(["liger-kernel: rms_norm, swiglu"] if liger else []) + [k for k in (compiled, fused_lora) if k],
         gradient_checkpointing=checkpointing,
     )

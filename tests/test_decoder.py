@@ -11,12 +11,7 @@ from nerbench_core.inference import predict_tags
 from nerbench_core.scoring import score
 from nerbench_core.specs import ModelSpec, TrainConfig
 
-from .helpers import make_conll_dir, tiny_qwen2
-
-
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    return tiny_qwen2(tmp_path_factory.mktemp("qwen2"), layers=3)
+from .helpers import make_conll_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,141 @@
+"""LoRA on a frozen linear layer (4-bit or not) as one autograd function per projection (``fused_lora = true``).
+
+Why: on a GPU the seed decoders' training steps are bound by the host, not the GPU (torch.profiler and cProfile,
+docs/PERFORMANCE.md). For every projection (7 a layer) peft's LoRA layer runs, from Python: bitsandbytes'
+Linear4bit and its autograd function (dequantize the absmax, dequantize the weight, matmul), a defensive clone,
+dropout, lora_A and lora_B as modules (each with autocast's cast of its float32 weight), the scaling and the add,
+and autograd records a node for each. :class:`LoraProjection` does the same arithmetic as one autograd node with a
+hand-written backward: the frozen weight is dequantized once forward and once backward (as bitsandbytes does), the
+scaled LoRA product is added into the base output in place (addmm), and no clone is made.
+
+What stays peft's: the adapter's parameters, their names, saving and loading. Only the module's ``forward`` is
+replaced, and it hands back to peft's own forward whenever the plain case does not hold (adapters disabled or
+merged, several active adapters, mixed-adapter batches, DoRA and other variants, trained base weights or
+biases, no autocast and mixed dtypes).
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def frozen_weight(base: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The base layer's weight as a (out, in) matrix in ``dtype``: dequantized when it is 4-bit."""
+    quant_state = getattr(base.weight, "quant_state", None)
+    if quant_state is not None:
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(base.weight, quant_state).to(dtype)
+    return base.weight.to(dtype)
+
+
+class LoraProjection(torch.autograd.Function):
+    """``y = x W^T + b + s * dropout(x) A^T B^T`` with W (and b) frozen; gradients for x, A and B.
+
+    Everything is computed in the compute dtype ``dtype`` (autocast's under the Trainer's bf16), as peft's layer
+    does under autocast; the gradients of A and B come back in their own (float32) dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x, lora_a, lora_b, base, scaling: float, dropout: float, dtype: torch.dtype):
+        x = x.to(dtype)
+        a, b = lora_a.to(dtype), lora_b.to(dtype)
+        bias = base.bias.to(dtype) if base.bias is not None else None
+        out = F.linear(x, frozen_weight(base, dtype), bias)
+        if dropout:
+            dropped, mask = torch.native_dropout(x, dropout, True)
+        else:
+            dropped, mask = x, None
+        down = F.linear(dropped, a)  # (..., r)
+        flat = out.view(-1, out.shape[-1])
+        flat.addmm_(down.view(-1, down.shape[-1]), b.t(), alpha=scaling)
+        ctx.save_for_backward(dropped, down, a, b, mask)
+        ctx.base, ctx.scaling, ctx.dropout, ctx.dtype = base, scaling, dropout, dtype
+        ctx.dtypes = (lora_a.dtype, lora_b.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        dropped, down, a, b, mask = ctx.saved_tensors
+        s = ctx.scaling
+        g = grad.to(ctx.dtype).reshape(-1, grad.shape[-1])  # (N, out)
+        down2 = down.reshape(-1, down.shape[-1])  # (N, r)
+        grad_down = torch.mm(g, b).mul_(s)  # (N, r): d loss / d (dropout(x) A^T)
+        grad_b = torch.mm(g.t(), down2).mul_(s).to(ctx.dtypes[1])  # (out, r)
+        grad_a = torch.mm(grad_down.t(), dropped.reshape(-1, dropped.shape[-1])).to(ctx.dtypes[0])  # (r, in)
+        if not ctx.needs_input_grad[0]:  # the first layer's input (frozen embeddings)
+            return None, grad_a, grad_b, None, None, None, None
+        grad_x = torch.mm(g, frozen_weight(ctx.base, ctx.dtype))  # (N, in)
+        if mask is None:
+            grad_x.addmm_(grad_down, a)
+        else:
+            grad_x.add_(torch.mm(grad_down, a).mul_(mask.reshape(grad_x.shape)), alpha=1.0 / (1.0 - ctx.dropout))
+        return grad_x.view(*grad.shape[:-1], grad_x.shape[-1]), grad_a, grad_b, None, None, None, None
+
+
+def compute_dtype_for(x: torch.Tensor) -> torch.dtype:
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
+def plain_adapter(layer: nn.Module, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
+    """The one active vanilla LoRA adapter of ``layer`` when :class:`LoraProjection` computes what peft would;
+    None where peft's own forward must run."""
+    if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+        return None
+    name = layer.active_adapters[0]
+    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None:
+        return None
+    base = layer.get_base_layer()
+    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+        return None
+    if not torch.is_autocast_enabled(x.device.type) and layer.lora_A[name].weight.dtype != x.dtype:
+        return None  # peft casts between dtypes here; its forward does it exactly
+    return name
+
+
+def fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """Replaces a peft LoRA layer's forward (bound to the layer by :func:`install`)."""
+    name = plain_adapter(self, x, args, kwargs)
+    if name is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    dropout = self.lora_dropout[name]
+    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    return LoraProjection.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.get_base_layer(),
+                                self.scaling[name], p, compute_dtype_for(x))
+
+
+def lora_linears(model: nn.Module) -> list[nn.Module]:
+    """peft's LoRA layers on plain and 4-bit linear layers (the kinds :class:`LoraProjection` computes)."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora.layer import LoraLayer
+
+    kinds: tuple[type, ...] = (LoraLinear,)
+    try:
+        from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+        kinds += (LoraLinear4bit,)
+    except ImportError:  # peft without bitsandbytes
+        pass
+    return [m for m in model.modules() if isinstance(m, kinds) and isinstance(m, LoraLayer)]
+
+
+def install(model: nn.Module) -> int:
+    """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many."""
+    layers = lora_linears(model)
+    for layer in layers:
+        layer.forward = types.MethodType(fused_forward, layer)
+    return len(layers)
+
+
+def apply(spec, model: nn.Module) -> str | None:
+    """The spec's ``fused_lora`` for a model about to train: what was done, for the record, or None (not asked for,
+    no LoRA layers, compiled layers, which inductor fuses itself, or the unsloth backend, which has its own)."""
+    from .modeling import transformers_model
+
+    if not spec.train.fused_lora or spec.train.torch_compile or transformers_model(model) is None:
+        return None
+    n = install(model)
+    return f"fused LoRA: {n} projections" if n else None

@@ -1,0 +1,112 @@
+"""The fused LoRA projection computes what peft's LoRA layer computes: outputs and every gradient (CPU)."""
+import dataclasses
+
+import pytest
+import torch
+
+from nerbench_core import lora_kernels, modeling
+from nerbench_core.specs import TrainConfig
+
+from .test_decoder import spec_for
+
+
+def one_step(model, ids, labels, autocast: bool):
+    """Loss and gradients of one training step (LoRA dropout off; the head's dropout draws the same mask)."""
+    torch.manual_seed(1)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=labels).loss
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def built_with_lora_in_use(qwen_dir, tmp_path, **spec_fields):
+    """A tiny decoder with LoRA (dropout off) whose B matrices are not zero, so that the LoRA path counts."""
+    spec = spec_for(qwen_dir, attention="bidirectional", **spec_fields)
+    spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
+    built = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    torch.manual_seed(0)
+    for layer in lora_kernels.lora_linears(built.model):
+        torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.5)
+    return spec, built.model
+
+
+BATCH = (torch.randint(0, 200, (3, 9), generator=torch.Generator().manual_seed(0)),
+         torch.randint(0, 3, (3, 9), generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_fused_lora_gives_peft_loss_and_gradients(qwen_dir, tmp_path, method):
+    """float32 throughout (4-bit weights dequantized to float32): the same numbers as peft's layers."""
+    no_bf16 = TrainConfig(**{**dataclasses.asdict(spec_for(qwen_dir).train), "bf16": False})
+    spec, model = built_with_lora_in_use(qwen_dir, tmp_path, method=method, train=no_bf16)
+    peft_loss, peft_grads = one_step(model, *BATCH, autocast=False)
+    assert lora_kernels.apply(spec, model) == "fused LoRA: 21 projections"  # 3 layers x 7
+    fused_loss, fused_grads = one_step(model, *BATCH, autocast=False)
+    torch.testing.assert_close(fused_loss, peft_loss, rtol=1e-5, atol=1e-6)
+    assert fused_grads.keys() == peft_grads.keys() and any("lora_A" in n for n in fused_grads)
+    for name in fused_grads:
+        torch.testing.assert_close(fused_grads[name], peft_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_lora_in_bf16_is_as_close_to_float32_as_peft(qwen_dir, tmp_path):
+    """Under bf16 autocast both paths round differently; against float32 arithmetic the fused one is no worse."""
+    import copy
+
+    spec, model = built_with_lora_in_use(qwen_dir, tmp_path, method="lora")
+    _, exact = one_step(copy.deepcopy(model).float(), *BATCH, autocast=False)
+    _, peft_grads = one_step(model, *BATCH, autocast=True)
+    lora_kernels.apply(spec, model)
+    _, fused_grads = one_step(model, *BATCH, autocast=True)
+
+    def error(grads):
+        return sum((grads[n].float() - exact[n]).norm() ** 2 for n in exact) ** 0.5 / sum(g.norm() ** 2 for g in exact.values()) ** 0.5
+
+    assert error(fused_grads) <= 1.25 * error(peft_grads)
+
+
+def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_path):
+    """With dropout the mask is random: check the hand-written backward against autograd over the same mask."""
+    spec = spec_for(qwen_dir, method="lora")
+    layer = lora_kernels.lora_linears(modeling.build(spec, ["O"], tmp_path).model)[0]
+    base, name = layer.get_base_layer().float(), layer.active_adapters[0]
+    torch.nn.init.normal_(layer.lora_B[name].weight)  # B starts at zero: give A a gradient to compare
+    a, b, p, s = layer.lora_A[name].weight, layer.lora_B[name].weight, 0.3, layer.scaling[name]
+    x = torch.randn(2, 5, base.in_features, requires_grad=True)
+
+    torch.manual_seed(7)
+    fused = lora_kernels.LoraProjection.apply(x, a, b, base, s, p, torch.float32)
+    grads = torch.autograd.grad(fused.square().sum(), (x, a, b))
+
+    torch.manual_seed(7)  # the same mask: the function's first random draw is its dropout
+    _, mask = torch.native_dropout(x.detach(), p, True)
+    ref = torch.nn.functional.linear(x, base.weight, base.bias) + s * (x * mask / (1 - p)) @ a.t() @ b.t()
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, a, b))
+    torch.testing.assert_close(fused, ref)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_peft_forward_runs_where_the_fused_one_does_not_apply(qwen_dir, tmp_path):
+    spec = spec_for(qwen_dir, method="lora")
+    model = modeling.build(spec, ["O", "B-PER"], tmp_path).model.float()
+    lora_kernels.install(model)
+    layer = lora_kernels.lora_linears(model)[0]
+    x = torch.randn(1, 4, layer.get_base_layer().in_features)
+    assert lora_kernels.plain_adapter(layer, x, (), {}) == "default"
+    with model.disable_adapter():
+        assert lora_kernels.plain_adapter(layer, x, (), {}) is None  # peft's forward: the base layer alone
+        torch.testing.assert_close(layer(x), layer.get_base_layer()(x))
+    assert lora_kernels.plain_adapter(layer, x, (), {"adapter_names": ["default"]}) is None
+    assert lora_kernels.plain_adapter(layer, x.bfloat16(), (), {}) is None  # mixed dtypes without autocast
+
+
+def test_fused_lora_follows_the_spec(qwen_dir, tmp_path):
+    spec = spec_for(qwen_dir, method="lora")
+    model = modeling.build(spec, ["O"], tmp_path).model
+    off = dataclasses.replace(spec, train=dataclasses.replace(spec.train, fused_lora=False))
+    compiled = dataclasses.replace(spec, train=dataclasses.replace(spec.train, torch_compile=True))
+    assert lora_kernels.apply(off, model) is None and lora_kernels.apply(compiled, model) is None
+    assert all("forward" not in vars(layer) for layer in lora_kernels.lora_linears(model))
