@@ -229,15 +229,16 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
 
 
 class NerTrainer(Trainer):
-    """The Trainer, with token-budget batches when the spec asks for them, and two per-step walks over every
-    module of the model done once instead (cProfile on an H100, Qwen1.5-7B QLoRA: with model.train() and
-    zero_grad, such walks were 14% of the host's time in a step, docs/PERFORMANCE.md)."""
+    """The Trainer, with token-budget batches when the spec asks for them, and the per-step walks over every
+    module or parameter of the model (the FLOP count, gradient clipping, model.train()) done once instead (cProfile
+    on an H100, Qwen1.5-7B QLoRA: such walks were 14% of the host's time in a step, docs/PERFORMANCE.md)."""
 
     def __init__(self, *args, max_tokens_per_batch: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_tokens_per_batch = max_tokens_per_batch
         self._flops_per_token: float | None = None
         self._trainable: list[nn.Parameter] | None = None
+        self._modes_set = False
 
     def floating_point_ops(self, inputs: dict) -> float:
         """The Trainer's FLOP count (6 x tokens x parameters) with the parameters counted once, not every step."""
@@ -253,6 +254,20 @@ class NerTrainer(Trainer):
         if self._trainable is None:
             self._trainable = [p for p in model.parameters() if p.requires_grad]
         return self.accelerator.clip_grad_norm_(self._trainable, self.args.max_grad_norm)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, without its model.train() walk over every module once that walk has been made and the
+        model is still in training mode: nerbench switches modes only for the whole model (prediction calls eval(),
+        the next step then walks again). The first step always walks: a fresh peft wrapper is in training mode
+        around modules that from_pretrained left in eval mode."""
+        if not (self._modes_set and model.training):
+            self._modes_set = False
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train = lambda mode=True: model  # an instance attribute shadows Module.train for this step
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            del model.train
 
     def get_train_dataloader(self):
         if not self.max_tokens_per_batch:

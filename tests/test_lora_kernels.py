@@ -77,7 +77,7 @@ def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_pat
     x = torch.randn(2, 5, base.in_features, requires_grad=True)
 
     torch.manual_seed(7)
-    fused = lora_kernels.LoraProjection.apply(x, a, b, base, s, p, torch.float32)
+    fused = lora_kernels.LoraProjection.apply(x, a, b, lora_kernels.FrozenWeight(base), s, p, torch.float32)
     grads = torch.autograd.grad(fused.square().sum(), (x, a, b))
 
     torch.manual_seed(7)  # the same mask: the function's first random draw is its dropout
