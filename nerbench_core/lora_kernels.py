@@ -6,7 +6,7 @@ Linear4bit and its autograd function (dequantize the absmax, dequantize the weig
 dropout, lora_A and lora_B as modules (each with autocast's cast of its float32 weight), the scaling and the add,
 and autograd records a node for each. :class:`LoraProjection` does the same arithmetic as one autograd node with a
 hand-written backward: the frozen weight is dequantized once forward and once backward (as bitsandbytes does; its
-block scales only once, see :class:`FrozenWeight`), the scaled LoRA product is added into the base output in place
+block scales only once where memory allows, see :class:`FrozenWeight`), the scaled LoRA product is added into the base output in place
 (addmm), and no clone is made.
 
 What stays peft's: the adapter's parameters, their names, saving and loading. Only the module's ``forward`` is
@@ -27,16 +27,16 @@ class FrozenWeight:
     """A base layer's frozen weight (and bias) in the compute dtype, with what never changes worked out once.
 
     For a 4-bit weight with double quantization, bitsandbytes dequantizes the 8-bit block scales (absmax) before
-    every dequantization of the weight, twice a step; they never change while the base is frozen, so they are
-    dequantized here once and kept in float32 (4 bytes per 64 weights: 0.4 GB for Qwen1.5-7B), and each step
-    calls only bitsandbytes' weight dequantization, in the compute dtype directly.
+    every dequantization of the weight, twice a step. They never change while the base is frozen, so with
+    ``keep_scales`` they are dequantized here once and kept in float32 (4 bytes per 64 weights: 0.4 GB for
+    Qwen1.5-7B), and each step calls only bitsandbytes' weight dequantization, in the compute dtype directly.
     """
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: nn.Module, keep_scales: bool = True):
         self.base = base
         self.quant_state = getattr(base.weight, "quant_state", None)
         self.absmax = None
-        if self.quant_state is not None:
+        if self.quant_state is not None and keep_scales:
             import bitsandbytes.functional as bnbf
 
             qs = self.quant_state
@@ -48,11 +48,27 @@ class FrozenWeight:
         qs = self.quant_state
         if qs is None:
             return self.base.weight.to(dtype)
+        if self.absmax is None:
+            import bitsandbytes.functional as bnbf
+
+            return bnbf.dequantize_4bit(self.base.weight, qs).to(dtype)
         return torch.ops.bitsandbytes.dequantize_4bit.default(self.base.weight, self.absmax, qs.blocksize,
                                                               qs.quant_type, qs.shape, dtype)
 
     def bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         return None if self.base.bias is None else self.base.bias.to(dtype)
+
+
+def scales_bytes(bases: list[nn.Module]) -> int:
+    """The memory of the 4-bit layers' block scales, dequantized to float32."""
+    return sum(4 * b.weight.quant_state.absmax.numel() for b in bases if getattr(b.weight, "quant_state", None))
+
+
+def keep_scales(bases: list[nn.Module], free_bytes: int | None) -> bool:
+    """Keep the dequantized block scales where they take at most a twentieth of the memory left once the model is
+    loaded: on an 80 GB GPU always (Qwen1.5-14B: 0.8 GB), not for the 14B on a 12 GB card, which it would push
+    over the 10 GB it is meant to fit in (measured under --gpu-memory 12: 9.5 GiB with them, 9.1 without)."""
+    return free_bytes is None or scales_bytes(bases) <= free_bytes / 20
 
 
 class LoraProjection(torch.autograd.Function):
@@ -146,9 +162,12 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
 
 def install(model: nn.Module) -> int:
     """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many."""
+    from .activations import free_memory_bytes
+
     layers = [layer for layer in lora_linears(model) if readable(layer.get_base_layer())]
+    keep = keep_scales([layer.get_base_layer() for layer in layers], free_memory_bytes())
     for layer in layers:
-        layer.nerbench_frozen = FrozenWeight(layer.get_base_layer())
+        layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep)
         layer.forward = types.MethodType(fused_forward, layer)
     return len(layers)
 

@@ -110,3 +110,14 @@ def test_fused_lora_follows_the_spec(qwen_dir, tmp_path):
     compiled = dataclasses.replace(spec, train=dataclasses.replace(spec.train, torch_compile=True))
     assert lora_kernels.apply(off, model) is None and lora_kernels.apply(compiled, model) is None
     assert all("forward" not in vars(layer) for layer in lora_kernels.lora_linears(model))
+
+
+def test_block_scales_kept_or_not_give_the_same_weight(qwen_dir, tmp_path):
+    spec = spec_for(qwen_dir)  # qlora: NF4 with double quantization
+    bases = [layer.get_base_layer() for layer in lora_kernels.lora_linears(modeling.build(spec, ["O"], tmp_path).model)]
+    kept, recomputed = lora_kernels.FrozenWeight(bases[0], True), lora_kernels.FrozenWeight(bases[0], False)
+    assert kept.absmax is not None and recomputed.absmax is None
+    assert torch.equal(kept.weight(torch.bfloat16), recomputed.weight(torch.bfloat16))
+    n = lora_kernels.scales_bytes(bases)
+    assert n == 4 * sum(b.weight.numel() * 2 // 64 for b in bases)  # one float32 per 64 weights (2 a byte)
+    assert lora_kernels.keep_scales(bases, 20 * n) and not lora_kernels.keep_scales(bases, 20 * n - 1)
