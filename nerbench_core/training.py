@@ -186,6 +186,10 @@ class ListDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
 
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r["input_ids"]) for r in self.rows]
+
 
 class TokenBudgetBatches(torch.utils.data.Sampler):
     """Batches of similar length holding at most ``max_tokens`` positions (padding included) each.
@@ -273,7 +277,7 @@ class NerTrainer(Trainer):
         if not self.max_tokens_per_batch:
             return super().get_train_dataloader()
         ds = self.train_dataset
-        sampler = TokenBudgetBatches([len(r["input_ids"]) for r in ds.rows], self.max_tokens_per_batch,
+        sampler = TokenBudgetBatches(ds.lengths, self.max_tokens_per_batch,
                                      self.args.per_device_train_batch_size, self.args.seed)
         loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=self.data_collator,
                                              num_workers=self.args.dataloader_num_workers,
@@ -310,11 +314,19 @@ def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
     return {"fused_linear_cross_entropy": False, "cross_entropy": False, "rope": False}
 
 
-def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, checkpoints: bool,
-                       liger: dict | None, gradient_checkpointing: bool) -> TrainingArguments:
-    """``liger``: liger_config's answer; ``gradient_checkpointing``: activations.decide's (a spec may say "auto")."""
+def steps_per_epoch(spec: ModelSpec, lengths: list[int]) -> int:
+    """Optimizer steps in an epoch of training sentences of these lengths (sub-tokens), as the batches will be cut."""
     t = spec.train
-    steps_per_epoch = max(1, math.ceil(n_examples / t.batch_size))
+    if t.max_tokens_per_batch:
+        return len(TokenBudgetBatches(lengths, t.max_tokens_per_batch, t.batch_size, t.seed))
+    return max(1, math.ceil(len(lengths) / t.batch_size))
+
+
+def training_arguments(spec: ModelSpec, output_dir: Path, epoch_steps: int, checkpoints: bool,
+                       liger: dict | None, gradient_checkpointing: bool) -> TrainingArguments:
+    """``epoch_steps``: :func:`steps_per_epoch`; ``liger``: liger_config's answer; ``gradient_checkpointing``:
+    activations.decide's (a spec may say "auto")."""
+    t = spec.train
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=t.learning_rate,
@@ -334,7 +346,9 @@ def training_arguments(spec: ModelSpec, output_dir: Path, n_examples: int, check
         eval_strategy="no",  # dev is scored by BestOnDev, with predictions mapped by index
         save_strategy="epoch" if checkpoints else "no",
         save_total_limit=1,  # only the last epoch is needed to resume
-        logging_steps=max(1, min(50, steps_per_epoch // 4)),
+        # Four loss points an epoch at least, a point every 50 steps at most: each one waits for the GPU (the Trainer
+        # reads the loss and gradient norm on the host), which costs a host-bound step its overlap with the GPU.
+        logging_steps=max(1, min(50, epoch_steps // 4)),
         # The filter tests every step's loss for NaN on the host, which waits for the GPU to finish the step before
         # the next can be queued. Off: a non-finite loss reaches the logged mean, and LossCurve stops the run on it.
         logging_nan_inf_filter=False,
@@ -381,11 +395,13 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     compiled = compiling.apply(spec, model)
     fused_lora = lora_kernels.apply(spec, model)
     checkpointing = activations.decide(spec, model)
+    dataset = ListDataset(train_split)
     trainer = NerTrainer(
         model=model,
         max_tokens_per_batch=spec.train.max_tokens_per_batch,
-        args=training_arguments(spec, output_dir, len(train_split.examples), checkpoints, liger, checkpointing),
-        train_dataset=ListDataset(train_split),
+        args=training_arguments(spec, output_dir, steps_per_epoch(spec, dataset.lengths), checkpoints, liger,
+                                checkpointing),
+        train_dataset=dataset,
         data_collator=collator,
         callbacks=[selection, curve, steady] + ([ProfileSteps(profile)] if profile else []),
     )

@@ -160,7 +160,7 @@ def test_the_trainers_per_step_shortcuts_give_the_trainers_own_numbers(qwen_dir,
         dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
     collator = training.CountingCollator(built.tokenizer)
     trainer = training.NerTrainer(model=built.model, args=training.training_arguments(
-        spec, tmp_path, len(train_split.examples), checkpoints=False, liger=None, gradient_checkpointing=False),
+        spec, tmp_path, epoch_steps=8, checkpoints=False, liger=None, gradient_checkpointing=False),
         train_dataset=training.ListDataset(train_split), data_collator=collator)
     batch = collator([r for r in trainer.train_dataset.rows[:8]])
     theirs = Trainer.floating_point_ops(trainer, batch)

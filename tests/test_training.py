@@ -36,3 +36,19 @@ def test_a_nan_loss_stops_the_case_with_its_reason():
     with pytest.raises(FloatingPointError, match="training loss is nan at step 6"):
         curve.on_log(None, SimpleNamespace(global_step=6, epoch=0.2), None, logs={"loss": math.nan})
     assert curve.points[0] == {"step": 5, "epoch": 0.1, "loss": 1.25}
+
+
+def test_token_budget_batches_hold_the_budget_and_give_the_epochs_step_count():
+    import random
+
+    from nerbench_core.specs import ModelSpec, TrainConfig
+    from nerbench_core.training import TokenBudgetBatches, steps_per_epoch
+
+    lengths = [random.Random(i).randint(3, 60) for i in range(500)]
+    batches = list(TokenBudgetBatches(lengths, max_tokens=256, max_sentences=32, seed=0))
+    assert sorted(i for b in batches for i in b) == list(range(500))  # every sentence once an epoch
+    assert all(max(lengths[i] for i in b) * len(b) <= 256 and len(b) <= 32 for b in batches)
+    budget = ModelSpec(name="x", model="x", train=TrainConfig(batch_size=32, max_tokens_per_batch=256))
+    assert steps_per_epoch(budget, lengths) == len(batches)  # what logging_steps is worked out from
+    sentences = ModelSpec(name="x", model="x", train=TrainConfig(batch_size=32))
+    assert steps_per_epoch(sentences, lengths) == 16  # ceil(500 / 32)
