@@ -265,7 +265,7 @@ class NerTrainer(Trainer):
         the next step then walks again). The first step always walks: a fresh peft wrapper is in training mode
         around modules that from_pretrained left in eval mode."""
         if not (self._modes_set and model.training):
-            self._modes_set = False
+            self._modes_set = True
             return super().training_step(model, inputs, num_items_in_batch)
         model.train = lambda mode=True: model  # an instance attribute shadows Module.train for this step
         try:

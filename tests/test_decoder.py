@@ -175,7 +175,7 @@ def test_the_trainers_per_step_shortcuts_give_the_trainers_own_numbers(qwen_dir,
     torch.testing.assert_close(ours, theirs)
 
 
-def test_every_training_step_runs_every_module_in_training_mode(qwen_dir, dataset, tmp_path):
+def test_every_training_step_runs_every_module_in_training_mode(qwen_dir, dataset, tmp_path, monkeypatch):
     """The Trainer's per-step model.train() walk is skipped once made: dev scoring in between (eval()) and a fresh
     peft wrapper around eval-mode modules must still leave every dropout on in every step."""
     spec = spec_for(qwen_dir, method="lora")
@@ -187,6 +187,10 @@ def test_every_training_step_runs_every_module_in_training_mode(qwen_dir, datase
     seen = []  # at every training forward pass: are all dropouts on?
     built.model.register_forward_pre_hook(
         lambda m, args: seen.append(all(d.training for d in dropouts)) if torch.is_grad_enabled() else None)
+    walks = []  # Module.train calls on the whole model
+    original = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train",
+                        lambda self, mode=True: (walks.append(mode) if self is built.model else None, original(self, mode))[1])
 
     def evaluate(model):
         model.eval()
@@ -195,6 +199,8 @@ def test_every_training_step_runs_every_module_in_training_mode(qwen_dir, datase
     outcome = training.train(built.model, built.tokenizer, spec, train_split, evaluate, tmp_path / "out")
     assert outcome.steps == 16 and len(dropouts) > 20
     assert len(seen) == 16 and all(seen)
+    # walks: the first step's, and the step after each dev scoring (eval() itself walks with mode False)
+    assert walks.count(True) == 2, walks
 
 
 def test_regionally_compiled_layers_predict_what_eager_ones_do(qwen_dir, tmp_path):
