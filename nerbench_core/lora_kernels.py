@@ -126,9 +126,8 @@ def plain_adapter(layer: nn.Module, x: torch.Tensor, args: tuple, kwargs: dict) 
     name = layer.active_adapters[0]
     if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None:
         return None
-    base = layer.get_base_layer()
-    if getattr(layer, "nerbench_frozen", None) is None or any(p.requires_grad for p in base.parameters(recurse=False)):
-        return None  # not installed here, or a trained base weight or bias (peft's bias="all")
+    if getattr(layer, "nerbench_frozen", None) is None:
+        return None  # not installed on this layer (install's reasons)
     if not torch.is_autocast_enabled(x.device.type) and layer.lora_A[name].weight.dtype != x.dtype:
         return None  # peft casts between dtypes here; its forward does it exactly
     return name
@@ -148,7 +147,6 @@ def fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 def lora_linears(model: nn.Module) -> list[nn.Module]:
     """peft's LoRA layers on plain and 4-bit linear layers (the kinds :class:`LoraProjection` computes)."""
     from peft.tuners.lora import Linear as LoraLinear
-    from peft.tuners.lora.layer import LoraLayer
 
     kinds: tuple[type, ...] = (LoraLinear,)
     try:
@@ -157,14 +155,14 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
         kinds += (LoraLinear4bit,)
     except ImportError:  # peft without bitsandbytes
         pass
-    return [m for m in model.modules() if isinstance(m, kinds) and isinstance(m, LoraLayer)]
+    return [m for m in model.modules() if isinstance(m, kinds)]
 
 
 def install(model: nn.Module) -> int:
     """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many."""
     from .activations import free_memory_bytes
 
-    layers = [layer for layer in lora_linears(model) if readable(layer.get_base_layer())]
+    layers = [layer for layer in lora_linears(model) if fusable(layer.get_base_layer())]
     keep = keep_scales([layer.get_base_layer() for layer in layers], free_memory_bytes())
     for layer in layers:
         layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep)
@@ -172,9 +170,12 @@ def install(model: nn.Module) -> int:
     return len(layers)
 
 
-def readable(base: nn.Module) -> bool:
-    """A plain weight, or a 4-bit one that carries its quantization state (bitsandbytes can also keep it on the
-    module, which its own forward handles: such layers keep peft's forward)."""
+def fusable(base: nn.Module) -> bool:
+    """A frozen base layer (no trained weight or bias: peft's bias="all" trains them) whose weight is plain, or 4-bit
+    with its quantization state on it (bitsandbytes can also keep that on the module, which its own forward
+    handles). Other layers keep peft's forward."""
+    if any(p.requires_grad for p in base.parameters(recurse=False)):
+        return False
     return not hasattr(base.weight, "quant_state") or base.weight.quant_state is not None
 
 

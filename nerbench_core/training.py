@@ -237,9 +237,9 @@ class NerTrainer(Trainer):
     module or parameter of the model (the FLOP count, gradient clipping, model.train()) done once instead (cProfile
     on an H100, Qwen1.5-7B QLoRA: such walks were 14% of the host's time in a step, docs/PERFORMANCE.md)."""
 
-    def __init__(self, *args, max_tokens_per_batch: int | None = None, **kwargs):
+    def __init__(self, *args, batches: "TokenBudgetBatches | None" = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.max_tokens_per_batch = max_tokens_per_batch
+        self.batches = batches  # token_budget_batches' sampler, or None for the Trainer's own batches
         self._flops_per_token: float | None = None
         self._trainable: list[nn.Parameter] | None = None
         self._modes_set = False
@@ -274,12 +274,10 @@ class NerTrainer(Trainer):
             del model.train
 
     def get_train_dataloader(self):
-        if not self.max_tokens_per_batch:
+        if self.batches is None:
             return super().get_train_dataloader()
-        ds = self.train_dataset
-        sampler = TokenBudgetBatches(ds.lengths, self.max_tokens_per_batch,
-                                     self.args.per_device_train_batch_size, self.args.seed)
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=self.data_collator,
+        loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=self.batches,
+                                             collate_fn=self.data_collator,
                                              num_workers=self.args.dataloader_num_workers,
                                              pin_memory=torch.cuda.is_available())
         return self.accelerator.prepare(loader)
@@ -314,12 +312,18 @@ def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
     return {"fused_linear_cross_entropy": False, "cross_entropy": False, "rope": False}
 
 
-def steps_per_epoch(spec: ModelSpec, lengths: list[int]) -> int:
-    """Optimizer steps in an epoch of training sentences of these lengths (sub-tokens), as the batches will be cut."""
+def token_budget_batches(spec: ModelSpec, lengths: list[int]) -> TokenBudgetBatches | None:
+    """The spec's token-budget batches over training sentences of these lengths (sub-tokens); None without a
+    budget."""
     t = spec.train
-    if t.max_tokens_per_batch:
-        return len(TokenBudgetBatches(lengths, t.max_tokens_per_batch, t.batch_size, t.seed))
-    return max(1, math.ceil(len(lengths) / t.batch_size))
+    return TokenBudgetBatches(lengths, t.max_tokens_per_batch, t.batch_size, t.seed) if t.max_tokens_per_batch else None
+
+
+def steps_per_epoch(spec: ModelSpec, lengths: list[int], batches: TokenBudgetBatches | None = None) -> int:
+    """Optimizer steps in an epoch of training sentences of these lengths, as the batches will be cut (``batches``:
+    token_budget_batches' answer, when already made)."""
+    batches = batches or token_budget_batches(spec, lengths)
+    return len(batches) if batches is not None else max(1, math.ceil(len(lengths) / spec.train.batch_size))
 
 
 def training_arguments(spec: ModelSpec, output_dir: Path, epoch_steps: int, checkpoints: bool,
@@ -396,10 +400,11 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     fused_lora = lora_kernels.apply(spec, model)
     checkpointing = activations.decide(spec, model)
     dataset = ListDataset(train_split)
+    batches = token_budget_batches(spec, dataset.lengths)
     trainer = NerTrainer(
         model=model,
-        max_tokens_per_batch=spec.train.max_tokens_per_batch,
-        args=training_arguments(spec, output_dir, steps_per_epoch(spec, dataset.lengths), checkpoints, liger,
+        batches=batches,
+        args=training_arguments(spec, output_dir, steps_per_epoch(spec, dataset.lengths, batches), checkpoints, liger,
                                 checkpointing),
         train_dataset=dataset,
         data_collator=collator,

@@ -124,6 +124,9 @@ def test_cost_table_compares_each_case_with_its_own_baseline_run():
     old.model["fused_kernels"] = ["torch.compile of 24 x Qwen2DecoderLayer"]
     _, rows = cost_rows([auto, old])
     assert [r[column["set-up"]] for r in rows] == ["4096-token batches, liger", "4096-token batches, grad ckpt, compiled"]
+    auto.model["fused_kernels"] = ["liger-kernel: rms_norm, swiglu", "fused LoRA: 224 projections"]
+    _, rows = cost_rows([auto])
+    assert rows[0][column["set-up"]] == "4096-token batches, liger, fused LoRA"
 
 
 def test_time_table_gives_each_case_its_share_of_the_suite():

@@ -13,7 +13,8 @@ step() {
   local t0=$(date +%s); timeout $left "$@" > $R/$name.log 2>&1
   echo "$name: rc=$? $(( $(date +%s) - t0 )) s" | tee -a $OUT/steps.txt
 }
-# One epoch of the synthetic seed suite's cases: `seed_case LABEL CASE ARGS...` runs CASE as step LABEL, its record
-# in $R/records; `$seed1` is the same command, for lanes that need something in front of it (env VAR=...).
-seed1="python -m pytest bench --synthetic --suite seed --rerun -q -p no:cacheprovider --set epochs=1"
+# The synthetic seed suite (`$seed -k CASE ...`); one epoch of its cases: `seed_case LABEL CASE ARGS...` runs CASE as
+# step LABEL, its record in $R/records; `$seed1` is the same command, for lanes that need something in front of it.
+seed="python -m pytest bench --synthetic --suite seed --rerun -q -p no:cacheprovider"
+seed1="$seed --set epochs=1"
 seed_case() { local label=$1 case=$2; shift 2; step $label $seed1 -k $case --label $label --results-dir $R/records "$@"; }

@@ -10,7 +10,6 @@ nvidia-smi -L | tee $OUT/gpu.txt
 perf="python -m nerbench_core.perf --synthetic --out $R/perf"
 step 0.5b-perf $perf qwen1.5-0.5b --variants default,no-liger --steps default=100,no-liger=100
 step 7b-perf $perf qwen1.5-7b --variants default,no-liger --steps default=100,no-liger=100
-seed="python -m pytest bench --synthetic --suite seed --rerun -q -p no:cacheprovider"
 step 14b-12gb $seed -k qwen1.5-14b --gpu-memory 12 --set epochs=1 --set max_steps=40 --label 12gb-card --results-dir $R/probe
 step bert $seed -k bert-base-cased --label suite --results-dir $R/suite
 { python -m nerbench_core.report $R/perf/* $R/probe --cost; python -m nerbench_core.report $R/suite --time; } | tee $OUT/liger.txt

@@ -9,7 +9,6 @@ R=${R:-/tmp/suite}; mkdir -p $R /tmp/gg
 [ -f .gga/part ] && cp .gga/part /tmp/gg/a
 source docs/gpu/lib.sh
 nvidia-smi -L | tee $OUT/gpu.txt
-seed="python -m pytest bench --synthetic --suite seed --rerun -q -p no:cacheprovider"
 suite="--label suite --results-dir $R/suite"
 perf="python -m nerbench_core.perf --synthetic --out $R/perf"
 ( step 7b env CUDA_VISIBLE_DEVICES=0 $seed -k qwen1.5-7b $suite

@@ -6,7 +6,6 @@
 R=${R:-/tmp/suite1024}; mkdir -p $R
 source docs/gpu/lib.sh
 nvidia-smi -L | tee $OUT/gpu.txt
-seed="python -m pytest bench --synthetic --suite seed --rerun -q -p no:cacheprovider"
 [ "${PROBE14:-0}" = 1 ] && step 14b-12gb $seed -k qwen1.5-14b --gpu-memory 12 --set epochs=1 --set max_steps=40 \
   --label 12gb-card --results-dir $R/probe
 for case in "$@"; do
