@@ -27,7 +27,7 @@ VARIANTS = {
     "baseline": ("HF Trainer defaults: random batches of 16 sentences, padded to the longest, no fused kernels",
                  ["--backend", "hf", "--set", "group_by_length=false", "--set", "batch_size=16",
                   "--set", "max_tokens_per_batch=0", "--set", "fused_kernels=false", "--set", "fused_lora=false",
-                  "--set", "gradient_checkpointing=true"]),
+                  "--set", "cuda_graphs=false", "--set", "gradient_checkpointing=true"]),
     "default": ("nerbench's default for the case (its suite spec)", ["--backend", "hf"]),
     "fast": ("the default with 4,096-token batches (the decoders' default before it was measured to cost F1)",
              ["--backend", "hf", "--set", "batch_size=4096", "--set", "max_tokens_per_batch=4096"]),
@@ -36,6 +36,7 @@ VARIANTS = {
     "unsloth": ("the default set-up on the unsloth backend", ["--backend", "unsloth"]),
     # one lever off at a time, to show its gain against the default
     "peft-lora": ("the default with peft's own LoRA layers (fused_lora off)", ["--backend", "hf", "--set", "fused_lora=false"]),
+    "eager": ("the default without CUDA graphs (every step launched from Python)", ["--backend", "hf", "--set", "cuda_graphs=false"]),
     "no-liger": ("the default without liger-kernel's fused RMSNorm and SwiGLU", ["--backend", "hf", "--set", "fused_kernels=false"]),
 }
 

@@ -107,7 +107,8 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.
         measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from,
                         gpu_memory_cap_bytes=activations.memory_cap_bytes(),
                         case_seconds=time.perf_counter() - t0)  # build, encoding, training, dev and test scoring
-        built.details.update(fused_kernels=outcome.fused_kernels, gradient_checkpointing=outcome.gradient_checkpointing)
+        built.details.update(fused_kernels=outcome.fused_kernels, gradient_checkpointing=outcome.gradient_checkpointing,
+                             cuda_graphs=outcome.cuda_graphs)
         shutil.rmtree(work, ignore_errors=True)  # the case is done: its checkpoints are not needed
         return new_record(
             spec, dataset, opts, status="passed",

@@ -59,6 +59,10 @@ class TrainConfig:
     # LoRA projections as one autograd function each (lora_kernels.py) instead of peft's chain of modules: the same
     # arithmetic with far less host work a step, which bounds the decoders' steps on a GPU (docs/PERFORMANCE.md).
     fused_lora: bool = True
+    # Forward and backward of each training batch replayed from a CUDA graph (cuda_graphs.py), batches padded to a few
+    # shapes: a step then costs the host one call instead of thousands of kernel launches. Only on CUDA, without
+    # gradient checkpointing (a small card's large model trains eagerly), torch.compile or the unsloth backend.
+    cuda_graphs: bool = True
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def setup(record: RunRecord) -> str:
 
 
 # How training.train names what it switched on (TrainOutcome.fused_kernels), and the set-up column's word for it.
-KERNEL_LABELS = {"liger": "liger", "torch.compile": "compiled", "fused LoRA": "fused LoRA"}
+KERNEL_LABELS = {"liger": "liger", "torch.compile": "compiled", "fused LoRA": "fused LoRA", "CUDA graphs:": "graphs"}
 
 
 def cost_rows(records: list[RunRecord], baseline: str | None = None) -> tuple[list[str], list[list]]:

@@ -19,25 +19,29 @@ import torch
 from torch import nn
 from transformers import DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
 
-from . import activations, compiling, lora_kernels
+from . import activations, compiling, cuda_graphs, lora_kernels
 from .features import EncodedSplit
 from .modeling import compute_dtype, transformers_model
 from .specs import ModelSpec
 
 
 class CountingCollator:
-    """Pads like DataCollatorForTokenClassification and counts real and padded positions it trains on."""
+    """Pads like DataCollatorForTokenClassification (then on to one of ``shapes``, where training batches are
+    replayed from CUDA graphs) and counts the real and padded positions it trains on."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, shapes: cuda_graphs.BatchShapes | None = None):
         self.pad = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=None, return_tensors="pt")
+        self.shapes, self.pad_id = shapes, tokenizer.pad_token_id
         self.real_tokens = 0
         self.padded_tokens = 0
         self.counting = True
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.pad(features)
+        real = int(batch["attention_mask"].sum())
+        if self.shapes is not None:
+            batch = self.shapes.pad(batch, self.pad_id)
         if self.counting:
-            real = int(batch["attention_mask"].sum())
             self.real_tokens += real
             self.padded_tokens += batch["attention_mask"].numel() - real
         return batch
@@ -199,8 +203,10 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
     batches and long ones in small, so every step does about the same work with little padding.
     """
 
-    def __init__(self, lengths: list[int], max_tokens: int, max_sentences: int, seed: int, pool: int = 64):
+    def __init__(self, lengths: list[int], max_tokens: int, max_sentences: int, seed: int, pool: int = 64,
+                 padded_length: Callable[[int], int] | None = None):
         self.lengths, self.max_tokens, self.max_sentences = lengths, max_tokens, max_sentences
+        self.padded_length = padded_length or (lambda n: n)  # what a batch's longest row will be padded to
         self.seed, self.pool, self.epoch = seed, pool, 0
         self._batches = self._make(0)
 
@@ -213,10 +219,10 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
             batch: list[int] = []
             longest = 0
             for i in sorted(order[start: start + size], key=self.lengths.__getitem__):
-                longest_if = max(longest, self.lengths[i])
+                longest_if = max(longest, self.padded_length(self.lengths[i]))
                 if batch and (longest_if * (len(batch) + 1) > self.max_tokens or len(batch) >= self.max_sentences):
                     batches.append(batch)
-                    batch, longest_if = [], self.lengths[i]
+                    batch, longest_if = [], self.padded_length(self.lengths[i])
                 batch.append(i)
                 longest = longest_if
             if batch:
@@ -237,9 +243,11 @@ class NerTrainer(Trainer):
     module or parameter of the model (the FLOP count, gradient clipping, model.train()) done once instead (cProfile
     on an H100, Qwen1.5-7B QLoRA: such walks were 14% of the host's time in a step, docs/PERFORMANCE.md)."""
 
-    def __init__(self, *args, batches: "TokenBudgetBatches | None" = None, **kwargs):
+    def __init__(self, *args, batches: "TokenBudgetBatches | None" = None,
+                 graphs: cuda_graphs.GraphedSteps | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batches = batches  # token_budget_batches' sampler, or None for the Trainer's own batches
+        self.graphs = graphs  # where training steps are replayed from CUDA graphs
         self._flops_per_token: float | None = None
         self._trainable: list[nn.Parameter] | None = None
         self._modes_set = False
@@ -253,25 +261,55 @@ class NerTrainer(Trainer):
             self._flops_per_token = float(super().floating_point_ops({main_input: torch.zeros(1, 1, dtype=torch.long)}))
         return self._flops_per_token * inputs[main_input].numel()
 
-    def _clip_grad_norm(self, model):
-        """Clip the gradients of the trained weights only: the same norm, without visiting every frozen one."""
+    def trained(self, model) -> list[nn.Parameter]:
         if self._trainable is None:
             self._trainable = [p for p in model.parameters() if p.requires_grad]
-        return self.accelerator.clip_grad_norm_(self._trainable, self.args.max_grad_norm)
+        return self._trainable
+
+    def _clip_grad_norm(self, model):
+        """Clip the gradients of the trained weights only: the same norm, without visiting every frozen one."""
+        return self.accelerator.clip_grad_norm_(self.trained(model), self.args.max_grad_norm)
+
+    def zero_trained_grads(self, set_to_none: bool = True) -> None:
+        """``model.zero_grad()`` for the trained weights only (frozen ones have no gradients): the Trainer calls it
+        after every step, and Module.zero_grad walks every module to find the parameters (80,000 calls on the 7B)."""
+        for p in self.trained(self.model):
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.zero_()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """The Trainer's step, without its model.train() walk over every module once that walk has been made and the
-        model is still in training mode: nerbench switches modes only for the whole model (prediction calls eval(),
-        the next step then walks again). The first step always walks: a fresh peft wrapper is in training mode
-        around modules that from_pretrained left in eval mode."""
+        """The Trainer's step (or its replay from a CUDA graph), without its model.train() walk over every module
+        once that walk has been made and the model is still in training mode: nerbench switches modes only for the
+        whole model (prediction calls eval(), the next step then walks again). The first step always walks: a fresh
+        peft wrapper is in training mode around modules that from_pretrained left in eval mode."""
         if not (self._modes_set and model.training):
+            model.train()
             self._modes_set = True
-            return super().training_step(model, inputs, num_items_in_batch)
+        if self.graphs is not None:
+            return self.graphed_step(model, inputs, num_items_in_batch)
         model.train = lambda mode=True: model  # an instance attribute shadows Module.train for this step
         try:
             return super().training_step(model, inputs, num_items_in_batch)
         finally:
             del model.train
+
+    def graphed_step(self, model, inputs, num_items_in_batch=None):
+        """What the Trainer's step computes (its compute_loss, then backward), through :class:`GraphedSteps`. The
+        label count that normalizes the loss is a graph input like the batch: it changes from batch to batch."""
+        assert self.args.gradient_accumulation_steps == 1, "CUDA graphs: gradient accumulation is not supported"
+        inputs = self._prepare_inputs(inputs)
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            inputs["num_items_in_batch"] = torch.as_tensor(num_items_in_batch, device=inputs["input_ids"].device)
+
+        def loss_of(batch: dict) -> torch.Tensor:
+            batch = dict(batch)
+            items = batch.pop("num_items_in_batch", None)
+            with self.compute_loss_context_manager():
+                return self.compute_loss(model, batch, num_items_in_batch=items)
+
+        return self.graphs.step(loss_of, inputs)
 
     def get_train_dataloader(self):
         if self.batches is None:
@@ -312,11 +350,15 @@ def liger_config(spec: ModelSpec, model: nn.Module) -> dict | None:
     return {"fused_linear_cross_entropy": False, "cross_entropy": False, "rope": False}
 
 
-def token_budget_batches(spec: ModelSpec, lengths: list[int]) -> TokenBudgetBatches | None:
-    """The spec's token-budget batches over training sentences of these lengths (sub-tokens); None without a
-    budget."""
+def token_budget_batches(spec: ModelSpec, lengths: list[int],
+                         shapes: cuda_graphs.BatchShapes | None = None) -> TokenBudgetBatches | None:
+    """The spec's token-budget batches over training sentences of these lengths (sub-tokens), cut by the lengths
+    they will be padded to (``shapes``, under CUDA graphs); None without a budget."""
     t = spec.train
-    return TokenBudgetBatches(lengths, t.max_tokens_per_batch, t.batch_size, t.seed) if t.max_tokens_per_batch else None
+    if not t.max_tokens_per_batch:
+        return None
+    return TokenBudgetBatches(lengths, t.max_tokens_per_batch, t.batch_size, t.seed,
+                              padded_length=shapes.length if shapes else None)
 
 
 def steps_per_epoch(spec: ModelSpec, lengths: list[int], batches: TokenBudgetBatches | None = None) -> int:
@@ -353,6 +395,9 @@ def training_arguments(spec: ModelSpec, output_dir: Path, epoch_steps: int, chec
         # Four loss points an epoch at least, a point every 50 steps at most: each one waits for the GPU (the Trainer
         # reads the loss and gradient norm on the host), which costs a host-bound step its overlap with the GPU.
         logging_steps=max(1, min(50, epoch_steps // 4)),
+        # Batches are copied to the GPU without making the host wait for the step before: the host prepares the next
+        # step while the GPU runs this one (the DataLoader pins them; on CPU nothing changes).
+        accelerator_config={"non_blocking": True},
         # The filter tests every step's loss for NaN on the host, which waits for the GPU to finish the step before
         # the next can be queued. Off: a non-finite loss reaches the logged mean, and LossCurve stops the run on it.
         logging_nan_inf_filter=False,
@@ -379,6 +424,7 @@ class TrainOutcome:
     steady_tokens_per_second: float | None = None  # after the first steps (SteadyRate)
     fused_kernels: list[str] = field(default_factory=list)
     gradient_checkpointing: bool = False  # as decided for this case (the spec may say "auto")
+    cuda_graphs: str = ""  # how many batch shapes were captured, or why steps ran eagerly
 
     @property
     def tokens_per_second(self) -> float:
@@ -391,24 +437,29 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     """Train with the Trainer; with ``checkpoints``, save every epoch and continue from the last one found."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    collator = CountingCollator(tokenizer)
-    selection = BestOnDev(evaluate_dev, collator)
-    curve = LossCurve()
-    steady = SteadyRate(collator)
     liger = liger_config(spec, model)
     compiled = compiling.apply(spec, model)
     fused_lora = lora_kernels.apply(spec, model)
     checkpointing = activations.decide(spec, model)
+    graphs_off = cuda_graphs.reason_off(spec, model, checkpointing)
+    graphed = graphs_off is None
+    shapes = cuda_graphs.batch_shapes(spec) if graphed else None
+    collator = CountingCollator(tokenizer, shapes)
+    selection = BestOnDev(evaluate_dev, collator)
+    curve = LossCurve()
+    steady = SteadyRate(collator)
     dataset = ListDataset(train_split)
-    batches = token_budget_batches(spec, dataset.lengths)
+    batches = token_budget_batches(spec, dataset.lengths, shapes)
     trainer = NerTrainer(
         model=model,
         batches=batches,
+        graphs=cuda_graphs.GraphedSteps(model) if graphed else None,
         args=training_arguments(spec, output_dir, steps_per_epoch(spec, dataset.lengths, batches), checkpoints, liger,
                                 checkpointing),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[selection, curve, steady] + ([ProfileSteps(profile)] if profile else []),
+        # under CUDA graphs, profile replayed steps: by step 40 most batch shapes have been met and captured
+        callbacks=[selection, curve, steady] + ([ProfileSteps(profile, first=40 if graphed else 4)] if profile else []),
     )
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -416,8 +467,12 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
     if resume:
         selection.restore(Path(resume))
     earlier = len(selection.history)  # dev scorings of the interrupted run, not timed in this one
+    model.zero_grad = trainer.zero_trained_grads  # an instance attribute shadows Module.zero_grad while training
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        del model.zero_grad
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     end = time.perf_counter()
@@ -440,6 +495,8 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
         loss_curve=curve.points,
         resumed_from=Path(resume).name if resume else None,
         steady_tokens_per_second=steady_rate,
-        fused_kernels=(["liger-kernel: rms_norm, swiglu"] if liger else []) + [k for k in (compiled, fused_lora) if k],
+        fused_kernels=(["liger-kernel: rms_norm, swiglu"] if liger else []) + [k for k in (compiled, fused_lora) if k]
+        + ([trainer.graphs.describe()] if trainer.graphs else []),
         gradient_checkpointing=checkpointing,
+        cuda_graphs=trainer.graphs.describe() if trainer.graphs else f"off: {graphs_off}",
     )

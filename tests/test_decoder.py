@@ -173,13 +173,16 @@ def test_the_trainers_per_step_shortcuts_give_the_trainers_own_numbers(qwen_dir,
     ours, theirs = trainer._clip_grad_norm(built.model), Trainer._clip_grad_norm(trainer, built.model)
     assert float(ours) > 0
     torch.testing.assert_close(ours, theirs)
+    trainer.zero_trained_grads()  # what the Trainer's model.zero_grad() does after a step, without the module walk
+    assert all(p.grad is None for p in built.model.parameters())
 
 
 def test_every_training_step_runs_every_module_in_training_mode(qwen_dir, dataset, tmp_path, monkeypatch):
     """The Trainer's per-step model.train() walk is skipped once made: dev scoring in between (eval()) and a fresh
     peft wrapper around eval-mode modules must still leave every dropout on in every step."""
     spec = spec_for(qwen_dir, method="lora")
-    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=2))
+    # eager steps: a step replayed from a CUDA graph (on a GPU) runs no Python, hence no hook
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=2, cuda_graphs=False))
     built = modeling.build(spec, dataset.labels, tmp_path)
     train_split = WordEncoder(built.tokenizer, spec.train.max_length).encode(
         dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
@@ -201,6 +204,7 @@ def test_every_training_step_runs_every_module_in_training_mode(qwen_dir, datase
     assert len(seen) == 16 and all(seen)
     # walks: the first step's, and the step after each dev scoring (eval() itself walks with mode False)
     assert walks.count(True) == 2, walks
+    assert "zero_grad" not in vars(built.model)  # the shortcut ends with training
 
 
 def test_regionally_compiled_layers_predict_what_eager_ones_do(qwen_dir, tmp_path):

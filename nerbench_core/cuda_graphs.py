@@ -1,0 +1,180 @@
+"""Training steps replayed from CUDA graphs (``cuda_graphs = true``): one graph per batch shape, a few shapes.
+
+Why: with the LoRA projections fused (lora_kernels.py), a decoder's step on a GPU is still bound by the host: a
+Qwen1.5-7B step at 1,024 tokens launches about 3,000 kernels from Python (two matmuls and a dequantization forward,
+four matmuls and a dequantization backward, for each of 224 projections; norms, attention, the loss), each
+costing the host more than the GPU needs to run it (torch.profiler, docs/PERFORMANCE.md). A CUDA graph records
+the launches of one forward and backward once and replays them with one call.
+
+How:
+* A graph replays fixed shapes, so training batches come in a few: :class:`BatchShapes` pads each batch's length up
+  a short ladder (4, 8, ..., 32, 40, ..., 64, 80, ..., 128, then steps of 64) and its rows up to what that length
+  allows (the token budget over the length, or the batch size), with rows that only see their first (pad) token
+  and carry no label. The token-budget sampler cuts batches by the same padded lengths, so the padding added is
+  the ladder's rounding (about 4% of CoNLL's Qwen positions) and a few part-filled batches.
+* The first batch of each shape trains eagerly (it is also the warm-up the capture needs); its forward and backward
+  are then captured on a side stream into a graph that shares one memory pool with the others: the graphs run one
+  at a time, so the memory inside a step is reused, and only each graph's inputs and loss stay apart.
+* The gradients accumulate in the graph into buffers that never move: the Trainer's ``zero_grad`` lets go of
+  them after each optimizer step, and :meth:`GraphedSteps.step` zeroes and hands them back before the next.
+  The optimizer, gradient clipping, the learning-rate schedule and dev scoring stay outside the graphs, as ever.
+* Dropout in a graph draws from CUDA's generator as it does eagerly (graph-safe Philox offsets).
+
+Where not: without CUDA; with gradient checkpointing (its recomputation saves and restores the RNG state from the
+host inside the backward, which a graph cannot replay), so a 12 GB card's 14B trains eagerly; with torch.compile
+(whose own graphs would nest) and on the unsloth backend (its compiled kernels meet new shapes as it likes); with
+gradient accumulation (nerbench never asks for it).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LADDER = ((4, 32), (8, 64), (16, 128))  # (step, up to): lengths round up to a multiple of step while <= up to
+LONG_STEP = 64  # above the ladder
+
+
+def bucket_length(n: int) -> int:
+    """The padded length for a batch whose longest sentence has ``n`` sub-tokens."""
+    for step, upto in LADDER:
+        if n <= upto:
+            return max(step, -(-n // step) * step)
+    return -(-n // LONG_STEP) * LONG_STEP
+
+
+@dataclass(frozen=True)
+class BatchShapes:
+    """The (rows, length) shapes training batches are padded to: one per rung of the length ladder."""
+
+    max_rows: int  # the batch size (sentences a batch holds at most)
+    max_tokens: int | None = None  # the token budget, padding included, where batches have one
+
+    def length(self, n: int) -> int:
+        return bucket_length(n)
+
+    def rows(self, length: int) -> int:
+        return min(self.max_rows, max(1, self.max_tokens // length)) if self.max_tokens else self.max_rows
+
+    def pad(self, batch: dict, pad_id: int) -> dict:
+        """``batch`` (padded to its longest row by the collator) padded on to its shape: input ids with ``pad_id``,
+        labels with -100, the attention mask with 0, except the first position of the added rows: a row that sees
+        no position at all would give SDPA nothing to normalize over."""
+        rows, length = batch["input_ids"].shape
+        length_to = self.length(length)
+        rows_to = max(rows, self.rows(length_to))
+        if (rows_to, length_to) == (rows, length):
+            return batch
+        fill = {"input_ids": pad_id, "labels": -100, "attention_mask": 0}
+        out = {}
+        for key, value in batch.items():
+            if key not in fill or not torch.is_tensor(value) or value.dim() != 2:
+                out[key] = value
+                continue
+            padded = value.new_full((rows_to, length_to), fill[key])
+            padded[:rows, :length] = value
+            if key == "attention_mask":
+                padded[rows:, 0] = 1
+            out[key] = padded
+        return out
+
+
+def batch_shapes(spec) -> BatchShapes:
+    return BatchShapes(spec.train.batch_size, spec.train.max_tokens_per_batch or None)
+
+
+def reason_off(spec, model: nn.Module, gradient_checkpointing: bool) -> str | None:
+    """Why this case trains without CUDA graphs, or None where it uses them."""
+    from .modeling import transformers_model
+
+    t = spec.train
+    if not t.cuda_graphs:
+        return "not asked for"
+    if not torch.cuda.is_available():
+        return "no CUDA"
+    if gradient_checkpointing:
+        return "gradient checkpointing"
+    if t.torch_compile:
+        return "torch.compile"
+    if transformers_model(model) is None:
+        return "not a transformers model (unsloth backend)"
+    return None
+
+
+@dataclass
+class Captured:
+    graph: "torch.cuda.CUDAGraph"
+    inputs: dict  # the graph reads these tensors: each batch of its shape is copied in
+    loss: torch.Tensor  # and writes its loss here
+
+
+class GraphedSteps:
+    """Forward and backward of training batches, eager for the first batch of each shape, replayed after."""
+
+    def __init__(self, model: nn.Module):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.grads = [torch.zeros_like(p) for p in self.params]  # at fixed addresses: the graphs write here
+        self.stream = torch.cuda.Stream()
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[tuple, Captured] = {}
+        self.replays = 0
+        self.failed: str | None = None  # why a capture failed: every step is eager from then on
+
+    def _attach_grads(self) -> None:
+        if self.params and self.params[0].grad is not self.grads[0]:  # zero_grad let go of them
+            torch._foreach_zero_(self.grads)
+            for p, g in zip(self.params, self.grads):
+                p.grad = g
+
+    def step(self, loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``loss_of(inputs)`` and its backward, the gradients added to the parameters' ``.grad``; the loss."""
+        self._attach_grads()
+        if self.failed:
+            loss = loss_of(inputs)
+            loss.backward()
+            return loss.detach()
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items())
+        captured = self.graphs.get(key)
+        if captured is None:
+            return self._first(key, loss_of, inputs)
+        for k, v in inputs.items():
+            captured.inputs[k].copy_(v, non_blocking=True)
+        captured.graph.replay()
+        self.replays += 1
+        return captured.loss.detach().clone()
+
+    def _first(self, key: tuple, loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Train on the first batch of a shape eagerly, on the stream the capture then uses (its warm-up: lazy
+        initializations, Triton compilations), then record the same step into a graph: recording runs nothing,
+        so the batch is trained on once."""
+        static = {k: v.clone() for k, v in inputs.items()}
+        main = torch.cuda.current_stream()
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream):
+            loss = loss_of(static)
+            loss.backward()
+            result = loss.detach()
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+                    static_loss = loss_of(static)
+                    static_loss.backward()
+            except RuntimeError as err:
+                # a model whose forward waits on the GPU (.item(), data-dependent shapes) cannot be captured: it
+                # trains eagerly, and the record says why
+                self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                warnings.warn(f"CUDA graphs off for the rest of this case: capture failed ({self.failed})")
+        main.wait_stream(self.stream)
+        if not self.failed:
+            self.graphs[key] = Captured(graph, static, static_loss.detach())
+        # the eager step's blocks, cached for the side stream, are not needed again: free them for the graphs and
+        # for dev scoring
+        torch.cuda.empty_cache()
+        return result
+
+    def describe(self) -> str:
+        if self.failed:
+            return f"CUDA graphs failed, eager steps: {self.failed}"
+        return f"CUDA graphs: {len(self.graphs)} batch shapes"

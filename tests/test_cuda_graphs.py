@@ -1,0 +1,174 @@
+"""Training batches padded to a few shapes (CPU), and steps replayed from CUDA graphs (GPU only)."""
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from nerbench_core import cuda_graphs, modeling, training
+from nerbench_core.cuda_graphs import BatchShapes, bucket_length
+
+from .test_decoder import spec_for
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def test_lengths_round_up_a_short_ladder():
+    padded = [bucket_length(n) for n in range(1, 129)]
+    assert all(p >= n for n, p in zip(range(1, 129), padded)) and padded == sorted(padded)
+    assert len(set(padded)) == 16  # 4..32 by 4, 40..64 by 8, 80..128 by 16
+    assert (bucket_length(23), bucket_length(33), bucket_length(100), bucket_length(129)) == (24, 40, 112, 192)
+    # CoNLL sentences are short: the rounding adds a few percent of positions, not tens
+    lengths = [random.Random(i).randint(5, 40) for i in range(1000)]
+    assert sum(map(bucket_length, lengths)) / sum(lengths) < 1.15
+
+
+def test_a_batch_is_padded_to_its_shape_with_masked_unlabelled_rows():
+    shapes = BatchShapes(max_rows=4096, max_tokens=64)
+    batch = {"input_ids": torch.tensor([[5, 6, 7], [8, 9, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+             "labels": torch.tensor([[1, 2, -100], [0, 1, -100]])}
+    out = shapes.pad(batch, pad_id=0)
+    assert out["input_ids"].shape == (16, 4)  # length 3 -> 4, rows: 64 tokens / 4
+    for key in batch:
+        assert torch.equal(out[key][:2, :3], batch[key])
+    assert (out["labels"][2:] == -100).all() and (out["labels"][:, 3] == -100).all()
+    assert out["attention_mask"][2:].sum(1).tolist() == [1] * 14 and out["attention_mask"][2:, 0].all()
+    assert out["attention_mask"][:, 3].sum() == 0
+    assert BatchShapes(max_rows=32).pad(batch, 0)["input_ids"].shape == (32, 4)  # fixed-size batches: the size
+
+
+def test_token_budget_batches_cut_by_padded_length_come_in_few_shapes():
+    lengths = [random.Random(i).randint(3, 120) for i in range(3000)]
+    shapes = BatchShapes(max_rows=4096, max_tokens=1024)
+    batches = list(training.TokenBudgetBatches(lengths, 1024, 4096, seed=0, padded_length=shapes.length))
+    assert sorted(i for b in batches for i in b) == list(range(3000))
+    seen = set()
+    for b in batches:
+        length = shapes.length(max(lengths[i] for i in b))
+        assert len(b) <= shapes.rows(length) and shapes.rows(length) * length <= 1024
+        seen.add((shapes.rows(length), length))
+    assert len(seen) <= 16
+
+
+def test_the_collator_counts_real_positions_before_padding_to_the_shape(qwen_dir):
+    tokenizer = modeling.tokenizer_for(str(qwen_dir))
+    rows = [{"input_ids": [3, 4, 5], "labels": [0, 1, 2]}, {"input_ids": [6], "labels": [1]}]
+    plain, shaped = training.CountingCollator(tokenizer), training.CountingCollator(tokenizer, BatchShapes(8))
+    assert plain(rows)["input_ids"].shape == (2, 3) and shaped(rows)["input_ids"].shape == (8, 4)
+    assert plain.real_tokens == shaped.real_tokens == 4
+    assert shaped.padding_fraction == 1 - 4 / 32
+
+
+def test_cuda_graphs_are_off_where_they_cannot_serve(qwen_dir, tmp_path):
+    spec = spec_for(qwen_dir, method="lora")
+    model = modeling.build(spec, ["O", "B-PER"], tmp_path).model
+    off = dataclasses.replace(spec, train=dataclasses.replace(spec.train, cuda_graphs=False))
+    assert cuda_graphs.reason_off(off, model, False) == "not asked for"
+    if not torch.cuda.is_available():
+        assert cuda_graphs.reason_off(spec, model, False) == "no CUDA"
+    else:
+        assert cuda_graphs.reason_off(spec, model, True) == "gradient checkpointing"
+        assert cuda_graphs.reason_off(spec, model, False) is None
+
+
+def batch_of(rows: int, length: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(rows, length, dtype=torch.long)
+    mask[0, length // 2:] = 0  # one padded row
+    labels = torch.randint(0, 3, (rows, length), generator=g).masked_fill(mask == 0, -100)
+    return {"input_ids": torch.randint(1, 200, (rows, length), generator=g), "attention_mask": mask, "labels": labels}
+
+
+@needs_cuda
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_replayed_steps_give_the_eager_gradients(qwen_dir, tmp_path, attention):
+    """QLoRA with the fused projections (dropout off): the first batch of each shape runs eagerly, later ones replay
+    its graph; every step's loss and gradients are those of an eager step on the same batch."""
+    from nerbench_core import lora_kernels
+
+    spec = spec_for(qwen_dir, attention=attention)
+    spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
+    model = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path).model
+    lora_kernels.apply(spec, model)
+    for m in model.modules():  # the head's dropout too: eager and replayed steps draw different masks
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    torch.manual_seed(0)
+    for layer in lora_kernels.lora_linears(model):
+        torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.5)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_of(batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(**batch).loss
+
+    def eager(batch):
+        for p in params:
+            p.grad = None
+        loss = loss_of(batch)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    graphs = cuda_graphs.GraphedSteps(model)
+    batches = [batch_of(4, 8, 0), batch_of(2, 16, 1), batch_of(4, 8, 2), batch_of(2, 16, 3), batch_of(4, 8, 4)]
+    for i, cpu_batch in enumerate(batches):
+        batch = {k: v.cuda() for k, v in cpu_batch.items()}
+        want_loss, want_grads = eager(batch)
+        for p in params:
+            p.grad = None  # as the Trainer's zero_grad leaves them
+        loss = graphs.step(loss_of, batch)
+        torch.testing.assert_close(loss, want_loss, rtol=1e-3, atol=1e-4, msg=f"batch {i}")
+        for p, want in zip(params, want_grads):
+            torch.testing.assert_close(p.grad, want, rtol=2e-2, atol=1e-3, msg=f"batch {i}")
+    assert len(graphs.graphs) == 2 and graphs.replays == 3
+
+
+@needs_cuda
+def test_a_case_trains_through_cuda_graphs(qwen_dir, tmp_path):
+    """The Trainer's whole loop (dev scoring between epochs, best-epoch restore) with replayed steps."""
+    from nerbench_core.data import load_conll_dir
+    from nerbench_core.features import WordEncoder
+
+    from .helpers import make_conll_dir
+
+    dataset = load_conll_dir(make_conll_dir(tmp_path / "data", sizes=(64, 16, 16)))
+    spec = spec_for(qwen_dir, method="lora")
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=3, max_tokens_per_batch=128,
+                                                               batch_size=4096))
+    built = modeling.build(spec, dataset.labels, tmp_path)
+    train_split = WordEncoder(built.tokenizer, spec.train.max_length).encode(
+        dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
+    before = {n: p.detach().clone() for n, p in built.model.named_parameters() if p.requires_grad}
+    outcome = training.train(built.model, built.tokenizer, spec, train_split, lambda m: {"f1": 0.5}, tmp_path / "out")
+    graphs = [k for k in outcome.fused_kernels if k.startswith("CUDA graphs")]
+    assert graphs and outcome.steps > len(outcome.dev_history)
+    assert outcome.loss_curve and all(torch.isfinite(torch.tensor(p["loss"])) for p in outcome.loss_curve)
+    assert outcome.loss_curve[-1]["loss"] < outcome.loss_curve[0]["loss"]
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in built.model.named_parameters() if n in before)
+
+
+@needs_cuda
+def test_a_model_that_cannot_be_captured_trains_eagerly_and_says_why():
+    """A forward that waits on the GPU (here .item()) breaks a capture: the case goes on eagerly, gradients intact."""
+
+    class Syncing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            y = self.linear(x).sum()
+            return y * (2.0 if y.item() > 0 else 1.0)  # a host decision on a GPU value
+
+    model = Syncing().cuda()
+    graphs = cuda_graphs.GraphedSteps(model)
+    for seed in range(3):
+        x = torch.randn(2, 4, generator=torch.Generator().manual_seed(seed)).cuda()
+        model.linear.weight.grad = None
+        want = torch.autograd.grad(model(x), model.linear.weight)[0]
+        model.linear.weight.grad = None
+        graphs.step(lambda batch: model(batch["x"]), {"x": x})
+        torch.testing.assert_close(model.linear.weight.grad, want)
+    assert graphs.failed and not graphs.graphs
+    assert graphs.describe().startswith("CUDA graphs failed, eager steps:")
