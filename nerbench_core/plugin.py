@@ -44,8 +44,8 @@ def pytest_addoption(parser):
     g.addoption("--save-models", default=None, metavar="DIR", help="keep each fine-tuned model (or adapter + head)")
     g.addoption("--label", default="", help="a name for this run's set-up, kept in every record (report --cost)")
     g.addoption("--profile", default=None, metavar="DIR",
-                help="write torch.profiler tables of training steps 4-6 of each case to DIR/CASE.txt, and a "
-                     "cProfile of the same steps (the host's Python) to DIR/CASE.python.txt")
+                help="write torch.profiler tables of training steps 4-6 (40-42 under CUDA graphs) of each case to "
+                     "DIR/CASE.txt, and a cProfile of the same steps (the host's Python) to DIR/CASE.python.txt")
     g.addoption("--synthetic", action="store_true",
                 help="random weights in each case's exact published architecture: cost only, no download, no floors")
     g.addoption("--gpu-peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU, for MFU")
