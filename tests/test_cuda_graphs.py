@@ -7,7 +7,10 @@ import torch
 
 from nerbench_core import cuda_graphs, modeling, training
 from nerbench_core.cuda_graphs import BatchShapes, bucket_length
+from nerbench_core.data import load_conll_dir
+from nerbench_core.features import WordEncoder
 
+from .helpers import make_conll_dir
 from .test_decoder import spec_for
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -127,11 +130,6 @@ def test_replayed_steps_give_the_eager_gradients(qwen_dir, tmp_path, attention):
 @needs_cuda
 def test_a_case_trains_through_cuda_graphs(qwen_dir, tmp_path):
     """The Trainer's whole loop (dev scoring between epochs, best-epoch restore) with replayed steps."""
-    from nerbench_core.data import load_conll_dir
-    from nerbench_core.features import WordEncoder
-
-    from .helpers import make_conll_dir
-
     dataset = load_conll_dir(make_conll_dir(tmp_path / "data", sizes=(64, 16, 16)))
     spec = spec_for(qwen_dir, method="lora")
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=3, max_tokens_per_batch=128,
@@ -172,3 +170,77 @@ def test_a_model_that_cannot_be_captured_trains_eagerly_and_says_why():
         torch.testing.assert_close(model.linear.weight.grad, want)
     assert graphs.failed and not graphs.graphs
     assert graphs.describe().startswith("CUDA graphs failed, eager steps:")
+
+
+def loss_and_grads(model, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_padding_a_batch_to_its_shape_changes_neither_loss_nor_gradients(qwen_dir, tmp_path, attention):
+    """The added positions and rows are masked and unlabelled: what the model learns from a batch is the same."""
+    spec = spec_for(qwen_dir, method="lora", attention=attention)
+    spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
+    model = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path).model
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    batch = batch_of(3, 7, seed=5)
+    padded = BatchShapes(max_rows=4096, max_tokens=64).pad(batch, pad_id=0)
+    assert padded["input_ids"].shape == (8, 8)
+    want_loss, want_grads = loss_and_grads(model, batch)
+    loss, grads = loss_and_grads(model, padded)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+class EagerSteps:
+    """GraphedSteps' interface, run eagerly: the Trainer's side of graphed steps, on a CPU."""
+
+    def __init__(self):
+        self.inputs: list[dict] = []
+
+    def step(self, loss_of, inputs):
+        self.inputs.append(inputs)
+        loss = loss_of(inputs)
+        loss.backward()
+        return loss.detach()
+
+
+def test_the_trainers_graphed_step_computes_its_own_step(qwen_dir, tmp_path):
+    """NerTrainer.graphed_step hands GraphedSteps the Trainer's compute_loss, with the batch's label count as an
+    input: the loss and gradients of the Trainer's own training_step."""
+    dataset = load_conll_dir(make_conll_dir(tmp_path / "data", sizes=(16, 4, 4)))
+    spec = spec_for(qwen_dir, method="lora")
+    spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
+    built = modeling.build(spec, dataset.labels, tmp_path)
+    for m in built.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    rows = WordEncoder(built.tokenizer, spec.train.max_length).encode(
+        dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
+    collator = training.CountingCollator(built.tokenizer)
+    args = training.training_arguments(spec, tmp_path, epoch_steps=2, checkpoints=False, liger=None,
+                                       gradient_checkpointing=False)
+    graphs = EagerSteps()
+    trainer = training.NerTrainer(model=built.model, args=args, train_dataset=training.ListDataset(rows),
+                                  data_collator=collator, graphs=graphs)
+    batch = collator(trainer.train_dataset.rows[:8])
+    items = (batch["labels"] != -100).sum()
+    params = [p for p in built.model.parameters() if p.requires_grad]
+    results = []
+    for use in (graphs, None):
+        trainer.graphs = use
+        built.model.zero_grad(set_to_none=True)
+        loss = trainer.training_step(built.model, dict(batch), num_items_in_batch=items)
+        results.append((loss, [p.grad.clone() for p in params]))
+    (graphed_loss, graphed_grads), (loss, grads) = results
+    assert len(graphs.inputs) == 1 and int(graphs.inputs[0]["num_items_in_batch"]) == int(items)
+    torch.testing.assert_close(graphed_loss, loss)
+    for got, want in zip(graphed_grads, grads):
+        torch.testing.assert_close(got, want)
