@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 5, CUDA graphs (one GPU): the GPU tests of cuda_graphs.py, torch.profiler of the 7B's replayed steps 40-42,
 # then the seed suite's cases given as arguments at their defaults (3 epochs, dev each epoch, test once): records in
-# $R/suite, `report --time` at the end. BASELINE7B=1: the 7B's plain baseline (perf, 40 steps) first, for the ratio. `bash docs/gpu/graphs_suite.sh qwen1.5-14b qwen1.5-4b`
+# $R/suite, `report --time` at the end: `bash docs/gpu/graphs_suite.sh qwen1.5-14b qwen1.5-4b`. TESTS=0 and PROFILE7B=0
+# skip the first two; BASELINE7B=1 runs the 7B's plain baseline (perf, 40 steps) first, for the ratio.
 R=${R:-/tmp/graphs_suite}; mkdir -p $R /tmp/gg
 [ -f .gga/part ] && cp .gga/part /tmp/gg/a  # the GGUF file's first part, for docs/gpu/offline_full.sh next
 source docs/gpu/lib.sh
