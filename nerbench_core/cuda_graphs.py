@@ -105,6 +105,12 @@ def reason_off(spec, model: nn.Module, gradient_checkpointing: bool) -> str | No
     return None
 
 
+def eager_step(loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    loss = loss_of(inputs)
+    loss.backward()
+    return loss.detach()
+
+
 @dataclass
 class Captured:
     graph: "torch.cuda.CUDAGraph"
@@ -134,9 +140,7 @@ class GraphedSteps:
         """``loss_of(inputs)`` and its backward, the gradients added to the parameters' ``.grad``; the loss."""
         self._attach_grads()
         if self.failed:
-            loss = loss_of(inputs)
-            loss.backward()
-            return loss.detach()
+            return eager_step(loss_of, inputs)
         key = tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items())
         captured = self.graphs.get(key)
         if captured is None:
@@ -155,9 +159,7 @@ class GraphedSteps:
         main = torch.cuda.current_stream()
         self.stream.wait_stream(main)
         with torch.cuda.stream(self.stream):
-            loss = loss_of(static)
-            loss.backward()
-            result = loss.detach()
+            result = eager_step(loss_of, static)
             try:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):

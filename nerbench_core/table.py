@@ -81,13 +81,14 @@ def setup(record: RunRecord) -> str:
                 else f"{t.get('batch_size')} sentences, {'length-grouped' if t.get('group_by_length') else 'random'}")
     # as decided for the run (a spec may say "auto"); records from before that decision have only the spec's
     checkpointing = record.model.get("gradient_checkpointing", t.get("gradient_checkpointing"))
-    kernels = record.model.get("fused_kernels") or []
+    kernels = (record.model.get("fused_kernels") or []) + [record.model.get("cuda_graphs") or ""]
     extras = ["grad ckpt"] if checkpointing is True else []
     extras += [label for prefix, label in KERNEL_LABELS.items() if any(k.startswith(prefix) for k in kernels)]
     return ", ".join([batching, *extras])
 
 
-# How training.train names what it switched on (TrainOutcome.fused_kernels), and the set-up column's word for it.
+# How training.train names what it switched on (TrainOutcome.fused_kernels and .cuda_graphs), and the set-up column's
+# word for it.
 KERNEL_LABELS = {"liger": "liger", "torch.compile": "compiled", "fused LoRA": "fused LoRA", "CUDA graphs:": "graphs"}
 
 

@@ -74,6 +74,13 @@ def test_cuda_graphs_are_off_where_they_cannot_serve(qwen_dir, tmp_path):
         assert cuda_graphs.reason_off(spec, model, False) is None
 
 
+def without_dropout(model: torch.nn.Module) -> None:
+    """Every dropout off (LoRA's, the head's), so that two ways of running a step can be compared exactly."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
 def batch_of(rows: int, length: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(rows, length, dtype=torch.long)
@@ -93,9 +100,7 @@ def test_replayed_steps_give_the_eager_gradients(qwen_dir, tmp_path, attention):
     spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
     model = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path).model
     lora_kernels.apply(spec, model)
-    for m in model.modules():  # the head's dropout too: eager and replayed steps draw different masks
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    without_dropout(model)  # the head's dropout too: eager and replayed steps draw different masks
     torch.manual_seed(0)
     for layer in lora_kernels.lora_linears(model):
         torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.5)
@@ -139,8 +144,7 @@ def test_a_case_trains_through_cuda_graphs(qwen_dir, tmp_path):
         dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
     before = {n: p.detach().clone() for n, p in built.model.named_parameters() if p.requires_grad}
     outcome = training.train(built.model, built.tokenizer, spec, train_split, lambda m: {"f1": 0.5}, tmp_path / "out")
-    graphs = [k for k in outcome.fused_kernels if k.startswith("CUDA graphs")]
-    assert graphs and outcome.steps > len(outcome.dev_history)
+    assert outcome.cuda_graphs.startswith("CUDA graphs:") and outcome.steps > len(outcome.dev_history)
     assert outcome.loss_curve and all(torch.isfinite(torch.tensor(p["loss"])) for p in outcome.loss_curve)
     assert outcome.loss_curve[-1]["loss"] < outcome.loss_curve[0]["loss"]
     assert any(not torch.equal(p.detach(), before[n]) for n, p in built.model.named_parameters() if n in before)
@@ -186,9 +190,7 @@ def test_padding_a_batch_to_its_shape_changes_neither_loss_nor_gradients(qwen_di
     spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
     model = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path).model
     model.train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    without_dropout(model)
     batch = batch_of(3, 7, seed=5)
     padded = BatchShapes(max_rows=4096, max_tokens=64).pad(batch, pad_id=0)
     assert padded["input_ids"].shape == (8, 8)
@@ -219,9 +221,7 @@ def test_the_trainers_graphed_step_computes_its_own_step(qwen_dir, tmp_path):
     spec = spec_for(qwen_dir, method="lora")
     spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
     built = modeling.build(spec, dataset.labels, tmp_path)
-    for m in built.model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    without_dropout(built.model)
     rows = WordEncoder(built.tokenizer, spec.train.max_length).encode(
         dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
     collator = training.CountingCollator(built.tokenizer)

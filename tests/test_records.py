@@ -127,9 +127,9 @@ def test_cost_table_compares_each_case_with_its_own_baseline_run():
     auto.model["fused_kernels"] = ["liger-kernel: rms_norm, swiglu", "fused LoRA: 224 projections"]
     _, rows = cost_rows([auto])
     assert rows[0][column["set-up"]] == "4096-token batches, liger, fused LoRA"
-    auto.model["fused_kernels"] += ["CUDA graphs: 15 batch shapes"]
+    auto.model["cuda_graphs"] = "CUDA graphs: 15 batch shapes"
     assert cost_rows([auto])[1][0][column["set-up"]] == "4096-token batches, liger, fused LoRA, graphs"
-    auto.model["fused_kernels"][-1] = "CUDA graphs failed, eager steps: RuntimeError: ..."
+    auto.model["cuda_graphs"] = "CUDA graphs failed, eager steps: RuntimeError: ..."
     assert cost_rows([auto])[1][0][column["set-up"]] == "4096-token batches, liger, fused LoRA"
 
 

@@ -11,9 +11,7 @@ nvidia-smi -L | tee $OUT/gpu.txt
 [ "${BASELINE7B:-0}" = 1 ] && step 7b-baseline python -m nerbench_core.perf --synthetic --out $R/perf qwen1.5-7b \
   --variants baseline --steps baseline=40
 [ "${PROFILE7B:-1}" = 1 ] && seed_case 7b-profile qwen1.5-7b --set max_steps=43 --profile $R/profile
-for case in "$@"; do
-  step $case $seed -k $case --label suite --results-dir $R/suite
-done
+suite_cases "$@"
 { python -m nerbench_core.report $R/suite --time; python -m nerbench_core.report $R/suite $(ls -d $R/records $R/perf/* 2>/dev/null) --cost --baseline baseline; } | tee $OUT/suite.txt
 tail -3 $R/gpu-tests.log > $OUT/gpu-tests.txt 2>/dev/null; cp -r $R/profile $OUT/ 2>/dev/null
 tar -czf $OUT/graphs_suite.tar.gz -C $R .

@@ -18,3 +18,5 @@ step() {
 seed="python -m pytest bench --synthetic --suite seed --rerun -q -p no:cacheprovider"
 seed1="$seed --set epochs=1"
 seed_case() { local label=$1 case=$2; shift 2; step $label $seed1 -k $case --label $label --results-dir $R/records "$@"; }
+# The suite's cases at their defaults (3 epochs), one step each, labelled "suite", records in $R/suite.
+suite_cases() { local case; for case in "$@"; do step $case $seed -k $case --label suite --results-dir $R/suite; done; }

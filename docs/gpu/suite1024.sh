@@ -8,9 +8,7 @@ source docs/gpu/lib.sh
 nvidia-smi -L | tee $OUT/gpu.txt
 [ "${PROBE14:-0}" = 1 ] && step 14b-12gb $seed -k qwen1.5-14b --gpu-memory 12 --set epochs=1 --set max_steps=40 \
   --label 12gb-card --results-dir $R/probe
-for case in "$@"; do
-  step $case $seed -k $case --label suite --results-dir $R/suite
-done
+suite_cases "$@"
 { python -m nerbench_core.report $R/suite --time; python -m nerbench_core.report $R/suite $(ls -d $R/probe 2>/dev/null) --cost
 } | tee $OUT/suite.txt
 tar -czf $OUT/suite.tar.gz -C $R .
