@@ -1,7 +1,7 @@
 """Training steps replayed from CUDA graphs (``cuda_graphs = true``): one graph per batch shape, a few shapes.
 
 Why: with the LoRA projections fused (lora_kernels.py), a decoder's step on a GPU is still bound by the host: a
-Qwen1.5-7B step at 1,024 tokens launches about 3,000 kernels from Python (two matmuls and a dequantization forward,
+Qwen1.5-7B step at 1,024 tokens launches about 6,600 kernels from Python (two matmuls and a dequantization forward,
 four matmuls and a dequantization backward, for each of 224 projections; norms, attention, the loss), each
 costing the host more than the GPU needs to run it (torch.profiler, docs/PERFORMANCE.md). A CUDA graph records
 the launches of one forward and backward once and replays them with one call.
@@ -11,8 +11,9 @@ How:
   a short ladder (4, 8, ..., 32, 40, ..., 64, 80, ..., 128, then steps of 64) and its rows up to what that length
   allows (the token budget over the length, or the batch size), with rows that only see their first (pad) token
   and carry no label. The token-budget sampler cuts batches by the same padded lengths, so a batch still holds at
-  most its budget; padding is 9% of the positions on CoNLL with Qwen's tokens (under 1% without the ladder), for
-  about 15 shapes (docs/PERFORMANCE.md: a 7B step 1.7x faster, BERT's 3.5x, the 0.5B's 2.9x, on an H100).
+  most its budget; padding is 9% of the positions on CoNLL with byte-level BPE tokens (under 1% without the ladder),
+  for 15 shapes (docs/ladder_padding.py). On an H100 a 7B step ran 1.7x faster, BERT's 3.5x, the 0.5B's 2.9x
+  (docs/PERFORMANCE.md).
 * The first batch of each shape trains eagerly (it is also the warm-up the capture needs); its forward and backward
   are then captured on a side stream into a graph that shares one memory pool with the others: the graphs run one
   at a time, so the memory inside a step is reused, and only each graph's inputs and loss stay apart.
