@@ -70,14 +70,21 @@ def free_memory_bytes() -> int | None:
         return None
 
 
+def room_beside_activations(config, tokens: int, free_bytes: int | None, bytes_per_value: int = 2) -> int | None:
+    """Memory left once a step's activations without checkpointing (with the margin and reserve) are set aside from
+    ``free_bytes``; negative where they do not fit, None where it cannot be known."""
+    if config is None or free_bytes is None:
+        return None
+    return free_bytes - int(activation_bytes(config, tokens, bytes_per_value) * MARGIN) - RESERVE_BYTES
+
+
 def use_checkpointing(setting: bool | str, config, tokens: int, free_bytes: int | None,
                       bytes_per_value: int = 2) -> bool:
     """The setting itself when it is true or false; for "auto", on unless the activations fit with a margin."""
     if setting != "auto":
         return bool(setting)
-    if config is None or free_bytes is None:
-        return True
-    return activation_bytes(config, tokens, bytes_per_value) * MARGIN + RESERVE_BYTES > free_bytes
+    room = room_beside_activations(config, tokens, free_bytes, bytes_per_value)
+    return room is None or room < 0
 
 
 def tokens_per_step(train) -> int:
@@ -85,16 +92,29 @@ def tokens_per_step(train) -> int:
     return train.max_tokens_per_batch or train.batch_size * train.max_length
 
 
-def decide(spec, model) -> bool:
-    """Gradient checkpointing for this case, with the model already on its device."""
+def step_shape(spec, model) -> tuple:
+    """(config, tokens a step, bytes per activation value) of this case: what its activation estimate reads."""
     import torch
 
     from .modeling import compute_dtype, transformers_model
 
     base = transformers_model(model)
-    if base is None:
+    return (None if base is None else base.config), tokens_per_step(spec.train), torch.finfo(compute_dtype(spec)).bits // 8
+
+
+def room(spec, model) -> int | None:
+    """Memory left beside this case's uncheckpointed activations, with the model already on its device."""
+    config, tokens, bytes_per_value = step_shape(spec, model)
+    return room_beside_activations(config, tokens, free_memory_bytes(), bytes_per_value)
+
+
+def decide(spec, model) -> bool:
+    """Gradient checkpointing for this case, with the model already on its device."""
+    from .modeling import transformers_model
+
+    if transformers_model(model) is None:
         # the unsloth backend decided at load time: its own checkpointing (activations offloaded to CPU) for
         # true and "auto", none for false
         return spec.train.gradient_checkpointing is not False
-    return use_checkpointing(spec.train.gradient_checkpointing, base.config, tokens_per_step(spec.train),
-                             free_memory_bytes(), torch.finfo(compute_dtype(spec)).bits // 8)
+    config, tokens, bytes_per_value = step_shape(spec, model)
+    return use_checkpointing(spec.train.gradient_checkpointing, config, tokens, free_memory_bytes(), bytes_per_value)

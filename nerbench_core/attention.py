@@ -8,6 +8,12 @@ right tags them better. Done with transformers' own machinery rather than copied
   unmasked layer replaces the causal mask it is handed by ``masking_utils.create_bidirectional_mask``
   built from that padding mask, for whichever attention implementation the model uses.
 
+The causal layers get no padding mask at all: batches are padded on the right (``modeling.tokenizer_for``), so
+a real token's causal window holds no pad, and the pads' own outputs are never labelled. Without a mask, SDPA
+runs its causal flash kernel; with one, transformers builds a 4-D mask every forward (always while a CUDA graph
+is being recorded, where it cannot ask whether the batch is padded) and SDPA falls back to a masked kernel: the
+masked attention backward was 8% of a Qwen1.5-7B step's GPU time (docs/PERFORMANCE.md).
+
 Hooks are not saved with a checkpoint; :func:`apply` is called again from the spec when a model is reloaded.
 """
 from __future__ import annotations
@@ -27,18 +33,23 @@ def decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
 
 def apply(model: nn.Module, mode: str, last_k: int | None = None) -> int:
     """Set the attention mode; returns how many layers attend in both directions."""
-    if mode == "causal":
-        return 0
-    if mode != "bidirectional":
+    if mode not in ("causal", "bidirectional"):
         raise ValueError(f"attention mode {mode!r}: expected 'causal' or 'bidirectional'")
-    backbone, layers = decoder_layers(model)
-    n = len(layers) if last_k is None else last_k
-    if not 0 < n <= len(layers):
+    try:
+        backbone, layers = decoder_layers(model)
+    except ValueError:
+        if mode == "causal":  # another layout (GPT-2's `h`, ...): causal layers keep their padding mask
+            return 0
+        raise
+    n = 0 if mode == "causal" else len(layers) if last_k is None else last_k
+    if mode == "bidirectional" and not 0 < n <= len(layers):
         raise ValueError(f"bidirectional_layers={last_k}: the model has {len(layers)} layers")
     state: dict = {}
 
     def keep_padding_mask(_module, args, kwargs):
-        state["padding"] = kwargs.get("attention_mask")
+        state["padding"] = kwargs.get("attention_mask")  # for the bidirectional layers
+        kwargs["attention_mask"] = None  # the causal layers need none (right padding: the module's docstring)
+        return args, kwargs
 
     def unmask(layer_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]

@@ -36,18 +36,20 @@ def predict_tags(model, split: EncodedSplit, id2label: dict[int, str], collate, 
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     start = time.perf_counter()
+    queued = []  # (examples, their best label ids on the device)
     for b in range(0, len(order), batch_size):
         chunk = [split.examples[i] for i in order[b: b + batch_size]]
         batch = collate([{k: v for k, v in e.as_features().items() if k != "labels"} for e in chunk])
         with autocast:
             logits = model(input_ids=batch["input_ids"].to(device),
                            attention_mask=batch["attention_mask"].to(device)).logits
-        best = logits.argmax(-1).cpu().tolist()
-        for e, row in zip(chunk, best):
+        # left on the device: copying them back now would make the host wait for this batch before it can prepare
+        # and queue the next one
+        queued.append((chunk, logits.argmax(-1)))
+    for chunk, best in queued:
+        for e, row in zip(chunk, best.tolist()):
             for j, pos in enumerate(e.first_tokens):
                 tags[e.sentence][e.word_start + j] = id2label[row[pos]]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     model.train(was_training)
     assert all(t is not None for sent in tags for t in sent), "a word received no prediction"

@@ -6,8 +6,8 @@ Linear4bit and its autograd function (dequantize the absmax, dequantize the weig
 dropout, lora_A and lora_B as modules (each with autocast's cast of its float32 weight), the scaling and the add,
 and autograd records a node for each. :class:`LoraProjection` does the same arithmetic as one autograd node with a
 hand-written backward: the frozen weight is dequantized once forward and once backward (as bitsandbytes does; its
-block scales only once where memory allows, see :class:`FrozenWeight`), the scaled LoRA product is added into the base output in place
-(addmm), and no clone is made.
+block scales only once, or the whole weight only once, where memory allows, see :class:`FrozenWeight`), the scaled
+LoRA product is added into the base output in place (addmm), and no clone is made.
 
 What stays peft's: the adapter's parameters, their names, saving and loading. Only the module's ``forward`` is
 replaced, and it hands back to peft's own forward whenever the plain case does not hold (adapters disabled or
@@ -30,24 +30,34 @@ class FrozenWeight:
     every dequantization of the weight, twice a step. They never change while the base is frozen, so with
     ``keep_scales`` they are dequantized here once and kept in float32 (4 bytes per 64 weights: 0.4 GB for
     Qwen1.5-7B), and each step calls only bitsandbytes' weight dequantization, in the compute dtype directly.
+
+    With ``keep_weight`` (a dtype) the weight itself is dequantized once, into that dtype, and kept: the same values
+    every dequantization gives, so the same arithmetic, with no dequantization left in a step (16% of a Qwen1.5-7B
+    step's GPU time, docs/PERFORMANCE.md) at the memory of a 16-bit copy of the weights (:func:`keep_weights`).
     """
 
-    def __init__(self, base: nn.Module, keep_scales: bool = True):
+    def __init__(self, base: nn.Module, keep_scales: bool = True, keep_weight: torch.dtype | None = None):
         self.base = base
         self.quant_state = getattr(base.weight, "quant_state", None)
         self.absmax = None
+        self.kept = None
         if self.quant_state is not None and keep_scales:
             import bitsandbytes.functional as bnbf
 
             qs = self.quant_state
             absmax = bnbf.dequantize_blockwise(qs.absmax, qs.state2) + qs.offset if qs.nested else qs.absmax
             self.absmax = absmax.float()
+        if self.quant_state is not None and keep_weight is not None:
+            self.kept = self.weight(keep_weight)
+            self.absmax = None  # not needed any more
 
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The (out, in) weight matrix in ``dtype``."""
         qs = self.quant_state
         if qs is None:
             return self.base.weight.to(dtype)
+        if self.kept is not None and self.kept.dtype == dtype:
+            return self.kept
         if self.absmax is None:
             import bitsandbytes.functional as bnbf
 
@@ -69,6 +79,25 @@ def keep_scales(bases: list[nn.Module], free_bytes: int | None) -> bool:
     loaded: on an 80 GB GPU always (Qwen1.5-14B: 0.8 GB), not for the 14B on a 12 GB card, which it would push
     over the 10 GB it is meant to fit in (measured under --gpu-memory 12: 9.5 GiB allocated with them, 8.8 without)."""
     return free_bytes is None or scales_bytes(bases) <= free_bytes / 20
+
+
+def dequantized_bytes(bases: list[nn.Module], dtype: torch.dtype) -> int:
+    """The memory of the 4-bit layers' weights dequantized to ``dtype``."""
+    return sum(torch.Size(b.weight.quant_state.shape).numel() * dtype.itemsize
+               for b in bases if getattr(b.weight, "quant_state", None))
+
+
+def keep_weights(setting: bool | str, bases: list[nn.Module], dtype: torch.dtype, room: int | None) -> bool:
+    """The spec's ``keep_dequantized``: true or false as given (where there are 4-bit weights); "auto" keeps them
+    where they fit in ``room``, the memory left beside the step's activations without checkpointing
+    (activations.room), so that keeping them never turns checkpointing on (which costs more than dequantizing):
+    on an 80 GB GPU, all the seed decoders (Qwen1.5-14B: 26 GB); on a 12 or 24 GB card, not the 7B and 14B."""
+    need = dequantized_bytes(bases, dtype)
+    if not need:
+        return False
+    if setting != "auto":
+        return bool(setting)
+    return room is not None and need <= room
 
 
 class LoraProjection(torch.autograd.Function):
@@ -158,16 +187,21 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
-def install(model: nn.Module) -> int:
-    """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many."""
+def install(model: nn.Module, keep_weight: torch.dtype | None = None) -> int:
+    """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many. With
+    ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`)."""
     from .activations import free_memory_bytes
 
-    layers = [layer for layer in lora_linears(model) if fusable(layer.get_base_layer())]
-    keep = keep_scales([layer.get_base_layer() for layer in layers], free_memory_bytes())
+    layers = fused_layers(model)
+    keep = keep_weight is None and keep_scales([layer.get_base_layer() for layer in layers], free_memory_bytes())
     for layer in layers:
-        layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep)
+        layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep, keep_weight)
         layer.forward = types.MethodType(fused_forward, layer)
     return len(layers)
+
+
+def fused_layers(model: nn.Module) -> list[nn.Module]:
+    return [layer for layer in lora_linears(model) if fusable(layer.get_base_layer())]
 
 
 def fusable(base: nn.Module) -> bool:
@@ -179,12 +213,20 @@ def fusable(base: nn.Module) -> bool:
     return not hasattr(base.weight, "quant_state") or base.weight.quant_state is not None
 
 
-def apply(spec, model: nn.Module) -> str | None:
-    """The spec's ``fused_lora`` for a model about to train: what was done, for the record, or None (not asked for,
-    no LoRA layers, compiled layers, which inductor fuses itself, or the unsloth backend, which has its own)."""
-    from .modeling import transformers_model
+def apply(spec, model: nn.Module) -> list[str]:
+    """The spec's ``fused_lora`` (and ``keep_dequantized``) for a model about to train: what was done, for the record;
+    nothing where not asked for, without LoRA layers, with compiled layers, which inductor fuses itself, or on the
+    unsloth backend, which has its own."""
+    from . import activations
+    from .modeling import compute_dtype, transformers_model
 
     if not spec.train.fused_lora or spec.train.torch_compile or transformers_model(model) is None:
-        return None
-    n = install(model)
-    return f"fused LoRA: {n} projections" if n else None
+        return []
+    dtype = compute_dtype(spec)
+    bases = [layer.get_base_layer() for layer in fused_layers(model)]
+    kept = keep_weights(spec.train.keep_dequantized, bases, dtype, activations.room(spec, model))
+    n = install(model, dtype if kept else None)
+    if not n:
+        return []
+    kept_as = f"{str(dtype).removeprefix('torch.')}, {dequantized_bytes(bases, dtype) / 1e9:.1f} GB"
+    return [f"fused LoRA: {n} projections"] + ([f"dequantized once: 4-bit weights kept ({kept_as})"] if kept else [])

@@ -37,6 +37,8 @@ VARIANTS = {
     # one lever off at a time, to show its gain against the default
     "peft-lora": ("the default with peft's own LoRA layers (fused_lora off)", ["--backend", "hf", "--set", "fused_lora=false"]),
     "eager": ("the default without CUDA graphs (every step launched from Python)", ["--backend", "hf", "--set", "cuda_graphs=false"]),
+    "dequantize": ("the default dequantizing the 4-bit weights at every step (keep_dequantized off)",
+                   ["--backend", "hf", "--set", "keep_dequantized=false"]),
     "no-liger": ("the default without liger-kernel's fused RMSNorm and SwiGLU", ["--backend", "hf", "--set", "fused_kernels=false"]),
 }
 

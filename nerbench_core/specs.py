@@ -59,6 +59,11 @@ class TrainConfig:
     # LoRA projections as one autograd function each (lora_kernels.py) instead of peft's chain of modules: the same
     # arithmetic with far less host work a step, which bounds the decoders' steps on a GPU (docs/PERFORMANCE.md).
     fused_lora: bool = True
+    # With fused_lora: the frozen 4-bit weights also kept dequantized in the compute dtype, so that no step
+    # dequantizes them (16% of a Qwen1.5-7B step's GPU time). The same arithmetic, at the memory of a 16-bit copy of
+    # the weights; "auto": where that fits beside the step's activations without gradient checkpointing (an 80 GB
+    # GPU: every seed decoder; a 12 or 24 GB card: not the 7B and 14B), as QLoRA alone where it does not.
+    keep_dequantized: bool | Literal["auto"] = "auto"
     # Forward and backward of each training batch replayed from a CUDA graph (cuda_graphs.py), batches padded to a few
     # shapes: a step then costs the host one call instead of thousands of kernel launches. Only on CUDA, without
     # gradient checkpointing (a small card's large model trains eagerly), torch.compile or the unsloth backend.

@@ -89,7 +89,8 @@ def setup(record: RunRecord) -> str:
 
 # How training.train names what it switched on (TrainOutcome.fused_kernels and .cuda_graphs), and the set-up column's
 # word for it.
-KERNEL_LABELS = {"liger": "liger", "torch.compile": "compiled", "fused LoRA": "fused LoRA", "CUDA graphs:": "graphs"}
+KERNEL_LABELS = {"liger": "liger", "torch.compile": "compiled", "fused LoRA": "fused LoRA",
+                 "dequantized once": "dequantized once", "CUDA graphs:": "graphs"}
 
 
 def cost_rows(records: list[RunRecord], baseline: str | None = None) -> tuple[list[str], list[list]]:

@@ -495,7 +495,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
         loss_curve=curve.points,
         resumed_from=Path(resume).name if resume else None,
         steady_tokens_per_second=steady_rate,
-        fused_kernels=(["liger-kernel: rms_norm, swiglu"] if liger else []) + [k for k in (compiled, fused_lora) if k],
+        fused_kernels=(["liger-kernel: rms_norm, swiglu"] if liger else []) + ([compiled] if compiled else []) + fused_lora,
         gradient_checkpointing=checkpointing,
         cuda_graphs=trainer.graphs.describe() if trainer.graphs else f"off: {graphs_off}",
     )

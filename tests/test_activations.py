@@ -60,3 +60,16 @@ def test_a_memory_cap_makes_auto_decide_as_on_a_card_of_that_size(monkeypatch):
     assert use_checkpointing("auto", qwen_14b, 1024, capped(70 * GiB, None, 9 * GiB)) is False
     assert use_checkpointing("auto", qwen_14b, 1024, capped(70 * GiB, memory_cap_bytes(), 9 * GiB)) is True
     assert capped(GiB, 12 * 10**9, 13 * 10**9) == 0  # over the cap already: nothing free
+
+
+@pytest.mark.parametrize("free_gib, keeps", [(74.0, True), (18.0, False), (6.5, False)])
+def test_the_7b_keeps_its_weights_dequantized_only_where_they_fit_beside_its_activations(free_gib, keeps):
+    """keep_dequantized "auto" (lora_kernels.keep_weights) is given this room: the 7B's 6.5e9 projection weights in
+    bf16 (13 GB) beside its 1024-token activations fit on an 80 GB GPU, not on a 24 or 12 GB card."""
+    from nerbench_core.activations import room_beside_activations
+
+    room = room_beside_activations(QWEN_7B, 1024, int(free_gib * GiB))
+    assert (room >= 13e9) is keeps
+    assert room_beside_activations(QWEN_7B, 1024, None) is None
+    # the room is what checkpointing "auto" reads too: it stays off wherever the weights are kept
+    assert use_checkpointing("auto", QWEN_7B, 1024, int(free_gib * GiB)) is (room < 0)

@@ -75,12 +75,32 @@ def test_attention_mode_decides_whether_tokens_see_the_right(qwen_dir, tmp_path,
     assert built.details["bidirectional_layers"] == (0 if mode == "causal" else (last_k or 3))
 
 
-def test_bidirectional_attention_ignores_padding(qwen_dir, tmp_path):
-    built = modeling.build(spec_for(qwen_dir, method="lora", attention="bidirectional"), ["O", "B-PER"], tmp_path)
+@pytest.mark.parametrize("mode, last_k", [("causal", None), ("bidirectional", None), ("bidirectional", 2)])
+def test_attention_ignores_right_padding(qwen_dir, tmp_path, mode, last_k):
+    """Real positions get the same logits with pads on their right, whether or not a layer is handed a padding mask
+    (the causal layers are not: their windows hold no pad)."""
+    built = modeling.build(spec_for(qwen_dir, method="lora", attention=mode, bidirectional_layers=last_k),
+                           ["O", "B-PER"], tmp_path)
     ids = torch.randint(5, len(built.tokenizer), (1, 6))
     padded = torch.cat([ids, torch.full((1, 3), built.tokenizer.pad_token_id)], dim=1)
     mask = torch.cat([torch.ones(1, 6), torch.zeros(1, 3)], dim=1).long()
     torch.testing.assert_close(logits(built.model, ids), logits(built.model, padded, mask)[:, :6], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode, last_k, masked", [("causal", None, [False] * 3), ("bidirectional", 1, [False, False, True])])
+def test_causal_layers_get_no_padding_mask(qwen_dir, tmp_path, mode, last_k, masked):
+    """So that SDPA runs its causal kernel rather than a masked one over a 4-D mask built every forward."""
+    built = modeling.build(spec_for(qwen_dir, method="lora", attention=mode, bidirectional_layers=last_k),
+                           ["O", "B-PER"], tmp_path)
+    from nerbench_core.attention import decoder_layers
+
+    seen = []
+    for layer in decoder_layers(built.model)[1]:  # registered after attention.apply's hooks: sees what they hand on
+        layer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("attention_mask") is not None),
+                                        with_kwargs=True)
+    ids = torch.randint(5, len(built.tokenizer), (2, 6))
+    logits(built.model, ids, torch.tensor([[1] * 6, [1] * 4 + [0] * 2]))
+    assert seen == masked
 
 
 @pytest.mark.parametrize("method, mode", [("qlora", "causal"), ("lora", "bidirectional")])
@@ -148,7 +168,9 @@ def test_max_steps_caps_training_and_the_steady_rate_leaves_out_the_first_steps(
     assert (tmp_path / "profile.txt").read_text().startswith("steps 4-5")  # the profiler stops at the last step
     assert "by the host's own time" in (tmp_path / "profile.txt").read_text()
     assert "function calls" in (tmp_path / "profile.python.txt").read_text()  # cProfile's stats of the same steps
-    assert outcome.fused_kernels == ["fused LoRA: 21 projections"]  # liger-kernel needs CUDA; these do not
+    # liger-kernel needs CUDA; these do not. The tiny model's dequantized weights fit beside its activations.
+    assert outcome.fused_kernels[0] == "fused LoRA: 21 projections"
+    assert outcome.fused_kernels[1].startswith("dequantized once: 4-bit weights kept (")
 
 
 def test_the_trainers_per_step_shortcuts_give_the_trainers_own_numbers(qwen_dir, dataset, tmp_path):

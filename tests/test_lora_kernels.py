@@ -43,7 +43,7 @@ def test_fused_lora_gives_peft_loss_and_gradients(qwen_dir, tmp_path, method):
     no_bf16 = TrainConfig(**{**dataclasses.asdict(spec_for(qwen_dir).train), "bf16": False})
     spec, model = built_with_lora_in_use(qwen_dir, tmp_path, method=method, train=no_bf16)
     peft_loss, peft_grads = one_step(model, *BATCH, autocast=False)
-    assert lora_kernels.apply(spec, model) == "fused LoRA: 21 projections"  # 3 layers x 7
+    assert lora_kernels.apply(spec, model)[0] == "fused LoRA: 21 projections"  # 3 layers x 7
     fused_loss, fused_grads = one_step(model, *BATCH, autocast=False)
     torch.testing.assert_close(fused_loss, peft_loss, rtol=1e-5, atol=1e-6)
     assert fused_grads.keys() == peft_grads.keys() and any("lora_A" in n for n in fused_grads)
@@ -108,7 +108,7 @@ def test_fused_lora_follows_the_spec(qwen_dir, tmp_path):
     model = modeling.build(spec, ["O"], tmp_path).model
     off = dataclasses.replace(spec, train=dataclasses.replace(spec.train, fused_lora=False))
     compiled = dataclasses.replace(spec, train=dataclasses.replace(spec.train, torch_compile=True))
-    assert lora_kernels.apply(off, model) is None and lora_kernels.apply(compiled, model) is None
+    assert lora_kernels.apply(off, model) == [] and lora_kernels.apply(compiled, model) == []
     assert all("forward" not in vars(layer) for layer in lora_kernels.lora_linears(model))
 
 
@@ -121,3 +121,31 @@ def test_block_scales_kept_or_not_give_the_same_weight(qwen_dir, tmp_path):
     n = lora_kernels.scales_bytes(bases)
     assert n == 4 * sum(b.weight.numel() * 2 // 64 for b in bases)  # one float32 per 64 weights (2 a byte)
     assert lora_kernels.keep_scales(bases, 20 * n) and not lora_kernels.keep_scales(bases, 20 * n - 1)
+
+
+def test_weights_kept_dequantized_give_the_same_step(qwen_dir, tmp_path):
+    """The kept weight is the dequantization every step would compute: the same loss and gradients, exactly."""
+    no_bf16 = TrainConfig(**{**dataclasses.asdict(spec_for(qwen_dir).train), "bf16": False})
+    spec, model = built_with_lora_in_use(qwen_dir, tmp_path, method="qlora", train=no_bf16)
+    off = dataclasses.replace(spec, train=dataclasses.replace(spec.train, keep_dequantized=False))
+    assert lora_kernels.apply(off, model) == ["fused LoRA: 21 projections"]
+    loss, grads = one_step(model, *BATCH, autocast=False)
+    assert lora_kernels.apply(spec, model)[1] == "dequantized once: 4-bit weights kept (float32, 0.0 GB)"
+    frozen = [layer.nerbench_frozen for layer in lora_kernels.lora_linears(model)]
+    assert all(f.kept is not None and f.weight(torch.float32) is f.kept for f in frozen)
+    kept_loss, kept_grads = one_step(model, *BATCH, autocast=False)
+    assert torch.equal(kept_loss, loss) and all(torch.equal(kept_grads[n], grads[n]) for n in grads)
+
+
+def test_keeping_dequantized_weights_follows_the_setting_and_the_room(qwen_dir, tmp_path):
+    bases = [layer.get_base_layer() for layer in lora_kernels.lora_linears(
+        modeling.build(spec_for(qwen_dir), ["O"], tmp_path).model)]
+    need = lora_kernels.dequantized_bytes(bases, torch.bfloat16)
+    assert need == 2 * sum(torch.Size(b.weight.quant_state.shape).numel() for b in bases)
+    keep = lora_kernels.keep_weights
+    assert keep("auto", bases, torch.bfloat16, need) and not keep("auto", bases, torch.bfloat16, need - 1)
+    assert not keep("auto", bases, torch.bfloat16, None)  # memory unknown
+    assert keep(True, bases, torch.bfloat16, 0) and not keep(False, bases, torch.bfloat16, 10 * need)
+    plain = [layer.get_base_layer() for layer in lora_kernels.lora_linears(
+        modeling.build(spec_for(qwen_dir, method="lora"), ["O"], tmp_path).model)]
+    assert not keep(True, plain, torch.bfloat16, None)  # nothing 4-bit to keep

@@ -131,6 +131,8 @@ def test_cost_table_compares_each_case_with_its_own_baseline_run():
     assert cost_rows([auto])[1][0][column["set-up"]] == "4096-token batches, liger, fused LoRA, graphs"
     auto.model["cuda_graphs"] = "CUDA graphs failed, eager steps: RuntimeError: ..."
     assert cost_rows([auto])[1][0][column["set-up"]] == "4096-token batches, liger, fused LoRA"
+    auto.model["fused_kernels"].append("dequantized once: 4-bit weights kept (bfloat16, 13.1 GB)")
+    assert cost_rows([auto])[1][0][column["set-up"]] == "4096-token batches, liger, fused LoRA, dequantized once"
 
 
 def test_time_table_gives_each_case_its_share_of_the_suite():
