@@ -8,11 +8,12 @@ right tags them better. Done with transformers' own machinery rather than copied
   unmasked layer replaces the causal mask it is handed by ``masking_utils.create_bidirectional_mask``
   built from that padding mask, for whichever attention implementation the model uses.
 
-The causal layers get no padding mask at all: batches are padded on the right (``modeling.tokenizer_for``), so
-a real token's causal window holds no pad, and the pads' own outputs are never labelled. Without a mask, SDPA
-runs its causal flash kernel; with one, transformers builds a 4-D mask every forward (always while a CUDA graph
-is being recorded, where it cannot ask whether the batch is padded) and SDPA falls back to a masked kernel: the
-masked attention backward was 8% of a Qwen1.5-7B step's GPU time (docs/PERFORMANCE.md).
+The causal layers get no mask at all: batches are padded on the right (``modeling.tokenizer_for``), so a real
+token's causal window holds no pad, and the pads' own outputs are never labelled. Without a mask, SDPA runs its
+causal flash kernel; with one, it falls back to a masked kernel over a 4-D mask (the masked attention backward was
+8% of a Qwen1.5-7B step's GPU time, docs/PERFORMANCE.md). So the backbone is handed no padding mask, and each
+causal layer is handed no mask either: while a CUDA graph is being recorded transformers builds a 4-D causal mask
+even without padding (it cannot ask the GPU whether the batch is packed or padded then).
 
 Hooks are not saved with a checkpoint; :func:`apply` is called again from the spec when a model is reloaded.
 """
@@ -51,6 +52,10 @@ def apply(model: nn.Module, mode: str, last_k: int | None = None) -> int:
         kwargs["attention_mask"] = None  # the causal layers need none (right padding: the module's docstring)
         return args, kwargs
 
+    def causal(layer_module, args, kwargs):
+        kwargs["attention_mask"] = None  # SDPA's is_causal kernel instead (the module's docstring)
+        return args, kwargs
+
     def unmask(layer_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         kwargs["attention_mask"] = create_bidirectional_mask(
@@ -59,6 +64,8 @@ def apply(model: nn.Module, mode: str, last_k: int | None = None) -> int:
         return args, kwargs
 
     backbone.register_forward_pre_hook(keep_padding_mask, with_kwargs=True)
+    for layer in list(layers)[:len(layers) - n]:
+        layer.register_forward_pre_hook(causal, with_kwargs=True)
     for layer in list(layers)[len(layers) - n:]:
         attn = getattr(layer, "self_attn", None)
         if attn is None or not hasattr(attn, "is_causal"):

@@ -112,6 +112,15 @@ def eager_step(loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return loss.detach()
 
 
+def release_random_generators() -> None:
+    """After a failed capture, give the CUDA random generators a state that is not being captured any more: torch
+    ends a capture's hold on them only when the capture succeeds, and the next random draw outside a graph (a
+    dropout mask) would fail ("Offset increment outside graph capture"). Same seed and offset: the eager steps that
+    follow draw what they would have."""
+    for generator in torch.cuda.default_generators:
+        generator.graphsafe_set_state(generator.clone_state())
+
+
 @dataclass
 class Captured:
     graph: "torch.cuda.CUDAGraph"
@@ -171,6 +180,7 @@ class GraphedSteps:
                 # trains eagerly, and the record says why
                 self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
                 warnings.warn(f"CUDA graphs off for the rest of this case: capture failed ({self.failed})")
+                release_random_generators()
         main.wait_stream(self.stream)
         if not self.failed:
             self.graphs[key] = Captured(graph, static, static_loss.detach())

@@ -174,6 +174,11 @@ def test_a_model_that_cannot_be_captured_trains_eagerly_and_says_why():
         torch.testing.assert_close(model.linear.weight.grad, want)
     assert graphs.failed and not graphs.graphs
     assert graphs.describe().startswith("CUDA graphs failed, eager steps:")
+    # random draws (dropout masks) still work after the failed capture
+    torch.cuda.manual_seed(3)
+    want = torch.nn.functional.dropout(torch.ones(64, device="cuda"), 0.5)
+    torch.cuda.manual_seed(3)
+    torch.testing.assert_close(torch.nn.functional.dropout(torch.ones(64, device="cuda"), 0.5), want)
 
 
 def loss_and_grads(model, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
