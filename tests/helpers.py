@@ -101,3 +101,9 @@ def tiny_qwen2(folder: Path, seed: int = 0, layers: int = 2) -> Path:
                          num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256)
     Qwen2Model(config).save_pretrained(folder)
     return folder
+
+
+def on_device_of(model, batch: dict) -> dict:
+    """A CPU batch moved to where the model was built (modeling.build puts it on the GPU where there is one)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}

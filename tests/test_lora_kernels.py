@@ -7,6 +7,7 @@ import torch
 from nerbench_core import lora_kernels, modeling
 from nerbench_core.specs import TrainConfig
 
+from .helpers import on_device_of
 from .test_decoder import spec_for
 
 
@@ -15,8 +16,9 @@ def one_step(model, ids, labels, autocast: bool):
     torch.manual_seed(1)
     model.train()
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = model(input_ids=ids, labels=labels).loss
+    batch = on_device_of(model, {"input_ids": ids, "labels": labels})
+    with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(**batch).loss
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), grads
@@ -74,7 +76,7 @@ def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_pat
     base, name = layer.get_base_layer().float(), layer.active_adapters[0]
     torch.nn.init.normal_(layer.lora_B[name].weight)  # B starts at zero: give A a gradient to compare
     a, b, p, s = layer.lora_A[name].weight, layer.lora_B[name].weight, 0.3, layer.scaling[name]
-    x = torch.randn(2, 5, base.in_features, requires_grad=True)
+    x = torch.randn(2, 5, base.in_features, device=base.weight.device, requires_grad=True)
 
     torch.manual_seed(7)
     fused = lora_kernels.LoraProjection.apply(x, a, b, lora_kernels.FrozenWeight(base), s, p, torch.float32)
@@ -94,7 +96,7 @@ def test_peft_forward_runs_where_the_fused_one_does_not_apply(qwen_dir, tmp_path
     model = modeling.build(spec, ["O", "B-PER"], tmp_path).model.float()
     lora_kernels.install(model)
     layer = lora_kernels.lora_linears(model)[0]
-    x = torch.randn(1, 4, layer.get_base_layer().in_features)
+    x = torch.randn(1, 4, layer.get_base_layer().in_features, device=layer.get_base_layer().weight.device)
     assert lora_kernels.plain_adapter(layer, x, (), {}) == "default"
     with model.disable_adapter():
         assert lora_kernels.plain_adapter(layer, x, (), {}) is None  # peft's forward: the base layer alone
