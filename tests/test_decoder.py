@@ -170,9 +170,9 @@ def test_max_steps_caps_training_and_the_steady_rate_leaves_out_the_first_steps(
     assert (tmp_path / "profile.txt").read_text().startswith("steps 4-5")  # the profiler stops at the last step
     assert "by the host's own time" in (tmp_path / "profile.txt").read_text()
     assert "function calls" in (tmp_path / "profile.python.txt").read_text()  # cProfile's stats of the same steps
-    # liger-kernel needs CUDA; these do not. The tiny model's dequantized weights fit beside its activations.
-    assert outcome.fused_kernels[0] == "fused LoRA: 21 projections"
-    assert outcome.fused_kernels[1].startswith("dequantized once: 4-bit weights kept (")
+    # (liger-kernel's entry too, on a GPU.) The tiny model's dequantized weights fit beside its activations.
+    assert "fused LoRA: 21 projections" in outcome.fused_kernels
+    assert outcome.fused_kernels[-1].startswith("dequantized once: 4-bit weights kept (")
 
 
 def test_the_trainers_per_step_shortcuts_give_the_trainers_own_numbers(qwen_dir, dataset, tmp_path):
