@@ -91,7 +91,7 @@ def keep_weights(setting: bool | str, bases: list[nn.Module], dtype: torch.dtype
     """The spec's ``keep_dequantized``: true or false as given (where there are 4-bit weights); "auto" keeps them
     where they fit in ``room``, the memory left beside the step's activations without checkpointing
     (activations.room), so that keeping them never turns checkpointing on (which costs more than dequantizing):
-    on an 80 GB GPU, all the seed decoders (Qwen1.5-14B: 26 GB); on a 12 or 24 GB card, not the 7B and 14B."""
+    on an 80 GB GPU, all the seed decoders (Qwen1.5-14B: 25.2 GB); on a 12 or 24 GB card, not the 7B and 14B."""
     need = dequantized_bytes(bases, dtype)
     if not need:
         return False
