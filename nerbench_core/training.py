@@ -439,6 +439,8 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, train_split: EncodedSpli
 
     liger = liger_config(spec, model)
     compiled = compiling.apply(spec, model)
+    # before checkpointing is decided: weights kept dequantized take memory only where the step's uncheckpointed
+    # activations still fit beside them (lora_kernels.keep_weights), so the decision below comes out the same
     fused_lora = lora_kernels.apply(spec, model)
     checkpointing = activations.decide(spec, model)
     graphs_off = cuda_graphs.reason_off(spec, model, checkpointing)

@@ -27,11 +27,11 @@ def spec_for(qwen_dir, **kw):
 
 def logits(model, ids, mask=None):
     model.eval()
-    device = next(model.parameters()).device  # these CPU tests also run on a GPU machine
-    mask = torch.ones_like(ids) if mask is None else mask
+    # these CPU tests also run on a GPU machine
+    batch = on_device_of(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids) if mask is None else mask})
     mixed = any(p.dtype == torch.bfloat16 for p in model.parameters())  # bf16 frozen weights, fp32 trained ones
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
-        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+    with torch.no_grad(), torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=mixed):
+        return model(**batch).logits.float().cpu()
 
 
 def test_qlora_trains_only_lora_and_head(qwen_dir, dataset, tmp_path):
