@@ -70,9 +70,20 @@ def peak_memory() -> dict:
     return {"peak_rss_gib": rss / (2**30 if sys.platform == "darwin" else 2**20)}  # bytes on macOS, KiB on Linux
 
 
-def non_embedding_parameters(model: nn.Module) -> int:
-    from .modeling import count_parameters
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Total and trainable parameters; 4-bit weights are counted as the values they stand for."""
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel()
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        if shape is not None:  # bitsandbytes packs two 4-bit values in a byte
+            n = int(torch.Size(shape).numel())
+        total += n
+        trainable += n if p.requires_grad else 0
+    return total, trainable
 
+
+def non_embedding_parameters(model: nn.Module) -> int:
     total, _ = count_parameters(model)
     emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
     return total - emb

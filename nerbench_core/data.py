@@ -5,13 +5,18 @@ file, the line and the problem, and nothing half-loaded goes on to training.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
 import re
+import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from . import atomic
 
 SPLITS = ("train", "dev", "test")
 # Hub split names differ from the file names.
@@ -47,6 +52,8 @@ class NerDataset:
     labels: list[str] = field(default_factory=list)
     fingerprint: str = ""
     sample: str = "full"  # "full" or a description of the sample ("quick:1000/300/500@seed13")
+    full_fingerprint: str = ""  # of the whole data set a sample was drawn from (the data a floor holds for)
+    files: dict[str, str] = field(default_factory=dict)  # split -> the file it was read from, for messages
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -54,6 +61,24 @@ class NerDataset:
         check_tags_known(self)
         if not self.fingerprint:
             self.fingerprint = fingerprint(self.splits)
+        if not self.full_fingerprint:
+            self.full_fingerprint = self.fingerprint
+
+    @property
+    def identity(self) -> "DataIdentity":
+        """Which data set this is (bench/datasets.toml), for floors: a quick sample is its full data set's."""
+        return identify(self.full_fingerprint, self.sizes if self.sample == "full" else None, self.entity_types)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.splits.items()}
+
+    @property
+    def entity_types(self) -> tuple[str, ...]:
+        return tuple(sorted({t[2:] for t in self.labels if t != "O"}))
+
+    def entities(self, split: str) -> int:
+        return sum(t.startswith("B-") for s in self.splits[split] for t in s.tags)
 
     def __getitem__(self, split: str) -> list[Sentence]:
         return self.splits[split]
@@ -103,16 +128,25 @@ def label_set(sentences: Iterable[Sentence]) -> list[str]:
 
 
 def check_tags_known(dataset: NerDataset) -> None:
-    known = set(dataset.labels)
+    """Every entity type of dev and test occurs in train (a head cannot predict a type it never saw)."""
+    known = {t[2:] for t in dataset.labels if t != "O"}
     for split in ("dev", "test"):
         for s in dataset.splits.get(split, []):
             for i, t in enumerate(s.tags):
-                if t not in known:
-                    raise ConllFormatError(
-                        f"{dataset.source} [{split}]",
-                        s.line + i if s.line else None,
-                        f"tag {t!r} does not occur in the training split (labels: {', '.join(dataset.labels)})",
-                    )
+                if t != "O" and t[2:] not in known:
+                    line = s.line + i if s.line else None
+                    where = dataset.files.get(split, f"{dataset.source} [{split}]")
+                    written = _tag_as_written(where, line) or t
+                    raise ConllFormatError(where, line, f"tag {written!r}: type {t[2:]!r} does not occur in the "
+                                                        f"training split (types there: {', '.join(sorted(known))})")
+
+
+def _tag_as_written(path: str, line: int | None) -> str | None:
+    """The tag as the file has it (before IOB2 normalization), for messages."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()[line - 1].split()[-1] if line else None
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
 
 
 # ---------------------------------------------------------------- files
@@ -171,7 +205,8 @@ def load_conll_dir(data_dir: str | Path) -> NerDataset:
     if not data_dir.is_dir():
         raise ConllFormatError(data_dir, None, "data folder not found (--data-dir / NERBENCH_DATA_DIR)")
     splits = {name: read_conll(data_dir / f"{name}.txt") for name in SPLITS}
-    return NerDataset(splits, source=str(data_dir.resolve()))
+    return NerDataset(splits, source=str(data_dir.resolve()),
+                      files={name: str(data_dir / f"{name}.txt") for name in SPLITS})
 
 
 def load_hub(name: str = DEFAULT_HUB_DATASET) -> NerDataset:
@@ -244,6 +279,8 @@ def sample(dataset: NerDataset, size: SampleSize) -> NerDataset:
         labels=list(dataset.labels),  # the label set stays the full one: quick and full heads match
         fingerprint=hashlib.sha256(f"{dataset.fingerprint}:{size.describe()}".encode()).hexdigest()[:16],
         sample=size.describe(),
+        full_fingerprint=dataset.fingerprint,
+        files=dict(dataset.files),
     )
 
 
@@ -253,6 +290,7 @@ def to_json(dataset: NerDataset) -> dict:
         "labels": dataset.labels,
         "fingerprint": dataset.fingerprint,
         "sample": dataset.sample,
+        "files": dataset.files,
         "splits": {
             name: [[list(s.words), list(s.tags), s.doc, s.line] for s in sentences]
             for name, sentences in dataset.splits.items()
@@ -264,7 +302,7 @@ def from_json(obj: dict) -> NerDataset:
     splits = {
         name: [Sentence(tuple(w), tuple(t), d, ln) for w, t, d, ln in rows] for name, rows in obj["splits"].items()
     }
-    return NerDataset(splits, obj["source"], obj["labels"], obj["fingerprint"], obj["sample"])
+    return NerDataset(splits, obj["source"], obj["labels"], obj["fingerprint"], obj["sample"], files=obj["files"])
 
 
 def load_cached(data_dir: str | Path | None, cache_dir: str | Path, hub_name: str = DEFAULT_HUB_DATASET) -> NerDataset:
@@ -273,8 +311,6 @@ def load_cached(data_dir: str | Path | None, cache_dir: str | Path, hub_name: st
     The cache key covers the source files' bytes, so an edited file is re-read. A file lock makes
     concurrent workers wait for the one that builds it instead of all parsing at once.
     """
-    from filelock import FileLock
-
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if data_dir is not None:
@@ -286,12 +322,47 @@ def load_cached(data_dir: str | Path | None, cache_dir: str | Path, hub_name: st
         key = "dir-" + h.hexdigest()[:16]
     else:
         key = "hub-" + hashlib.sha256(hub_name.encode()).hexdigest()[:16]
-    target = cache_dir / f"{key}.json"
-    with FileLock(str(target) + ".lock"):
+    target = cache_dir / f"{key}.v2.json"
+    with atomic.lock(target):
         if target.is_file():
-            return from_json(json.loads(target.read_text(encoding="utf-8")))
+            try:
+                return from_json(json.loads(target.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+                warnings.warn(f"{target}: dataset cache unreadable ({type(err).__name__}: {err}); rebuilt")
         dataset = load_conll_dir(data_dir) if data_dir is not None else load_hub(hub_name)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(to_json(dataset)), encoding="utf-8")
-        tmp.replace(target)  # atomic: a reader never sees half a cache file
+        atomic.write_text(target, json.dumps(to_json(dataset)))
         return dataset
+
+
+# ---------------------------------------------------------------- which data set this is
+
+DATASETS = Path(__file__).resolve().parent.parent / "bench" / "datasets.toml"
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    """A data set as floors name it: its name in bench/datasets.toml where it is a known one, and its fingerprint."""
+
+    name: str
+    fingerprint: str
+
+    def matches(self, data: str) -> bool:
+        """A floor's ``data``: a known data set's name, or a fingerprint."""
+        return data in (self.name, self.fingerprint) and bool(data)
+
+
+@functools.cache
+def known_datasets(path: Path = DATASETS) -> dict[str, dict]:
+    return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def identify(full_fingerprint: str, sizes: dict[str, int] | None, types: tuple[str, ...]) -> DataIdentity:
+    """The known data set with this fingerprint; else one with these exact split sizes and entity types (the same
+    data read another way, e.g. from the hub); else an unnamed one."""
+    for name, entry in known_datasets().items():
+        if full_fingerprint in entry.get("fingerprints", []):
+            return DataIdentity(name, full_fingerprint)
+    for name, entry in known_datasets().items():
+        if sizes and entry.get("sentences") == sizes and tuple(sorted(entry.get("types", []))) == types:
+            return DataIdentity(name, full_fingerprint)
+    return DataIdentity("", full_fingerprint)

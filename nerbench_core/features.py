@@ -7,6 +7,11 @@ tokenized once, in one batch.
 
 A sentence longer than ``max_length`` is split into windows at word boundaries, so every word of every
 split is trained on and scored; the number of words that landed past the first window is reported.
+
+Document context (``context_sentences = N``): up to N sentences of the same document on each side of the target
+(CoNLL's ``-DOCSTART-`` boundaries) fill the room ``max_length`` leaves, the nearest tokens first, half on each side
+(a side that needs less gives the rest to the other). Context tokens carry no label: loss, prediction and scoring
+are the target sentence's alone.
 """
 from __future__ import annotations
 
@@ -46,9 +51,10 @@ class EncodedSplit:
 class WordEncoder:
     """Tokenizes words in context and knows the tokenizer's special-token frame."""
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, context: int = 0):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.context = context
         self.cache: dict[str, list[int]] = {}
         self.anchor = tokenizer(_ANCHOR, add_special_tokens=False)["input_ids"]
         full = tokenizer(_ANCHOR)["input_ids"]
@@ -81,14 +87,13 @@ class WordEncoder:
         for idx, sent in enumerate(sentences):
             start = 0
             while start < len(sent.words):
-                ids = list(self.prefix)
-                labels = [IGNORE] * len(ids)
+                ids: list[int] = []
+                labels: list[int] = []
                 firsts: list[int] = []
                 end = start
                 while end < len(sent.words):
                     pieces = self.cache[sent.words[end]]
-                    used = len(ids) - len(self.prefix)
-                    if used + len(pieces) > self.budget:
+                    if len(ids) + len(pieces) > self.budget:
                         if end > start:
                             break
                         truncated += len(pieces) - self.budget  # one word longer than a window: keep its head
@@ -97,13 +102,40 @@ class WordEncoder:
                     labels += [label2id[sent.tags[end]]] + [IGNORE] * (len(pieces) - 1)
                     ids += pieces
                     end += 1
-                ids += self.suffix
-                labels += [IGNORE] * len(self.suffix)
-                examples.append(Encoded(ids, labels, idx, start, firsts))
+                left, right = self.context_around(sentences, idx, self.budget - len(ids))
+                at = len(self.prefix) + len(left)
+                ids = list(self.prefix) + left + ids + right + list(self.suffix)
+                labels = [IGNORE] * at + labels + [IGNORE] * (len(right) + len(self.suffix))
+                examples.append(Encoded(ids, labels, idx, start, [at + f for f in firsts]))
                 if start > 0:
                     windowed += end - start
                 start = end
         return EncodedSplit(examples, len(sentences), windowed, truncated)
+
+    def context_around(self, sentences: Sequence[Sentence], idx: int, room: int) -> tuple[list[int], list[int]]:
+        """Token ids of up to ``self.context`` sentences of the same document before and after sentence ``idx``,
+        at most ``room`` of them together, nearest first."""
+        if not self.context or room <= 0:
+            return [], []
+        doc = sentences[idx].doc
+
+        def tokens(neighbours) -> list[int]:
+            return [t for s in neighbours if s.doc == doc for w in s.words for t in self.cache[w]]
+
+        # the same document only: stop at the first sentence of another one
+        before = [s for s in sentences[max(0, idx - self.context): idx]]
+        while before and before[0].doc != doc:
+            before.pop(0)
+        after = []
+        for s in sentences[idx + 1: idx + 1 + self.context]:
+            if s.doc != doc:
+                break
+            after.append(s)
+        left, right = tokens(before), tokens(after)
+        half = room // 2
+        n_left = min(len(left), max(half, room - len(right)))
+        n_right = min(len(right), room - n_left)
+        return (left[len(left) - n_left:] if n_left else []), right[:n_right]
 
 
 def _find(haystack: list[int], needle: list[int]) -> int:

@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .records import load_records
+from .reporting.store import load_records
 from .specs import resolve_suite
-from .table import render_cost
+from .reporting.table import render_cost
 
 # name -> (what it is, pytest arguments). "baseline" is transformers + peft + bitsandbytes with the
 # Trainer's defaults: random batches of 16 sentences padded to the longest, no fused kernels, and gradient

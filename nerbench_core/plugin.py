@@ -1,21 +1,42 @@
-"""pytest hooks only: options, the suite as parameters, fixtures, xdist wiring and the summary table.
+"""pytest hooks only: options, checks before anything trains, the suite as parameters, fixtures, xdist wiring,
+live progress and the summary table.
 
-The state lives in :class:`nerbench_core.session.Session`; everything here translates pytest to it.
+The state lives in :class:`nerbench_core.session.Session`; everything here translates pytest to it. The environment
+is read here, once, and carried on in :class:`~nerbench_core.options.RunOptions`.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from .activations import MEMORY_CAP, SHARED_BY
-
 BASELINES = Path(__file__).resolve().parent.parent / "bench" / "baselines.json"
+UNAVAILABLE = "nerbench: cannot run here: "  # the skip reason of a case whose model or data cannot be had
+_KEY = pytest.StashKey()
+
+
+@dataclass
+class _Run:
+    """What the hooks share beside the session: the dataset read before any case, progress, cases that could not
+    run."""
+
+    session: object  # session.Session
+    dataset: object = None  # data.NerDataset, or why it cannot be had (--skip-unavailable); None on xdist workers
+    progress_dir: Path | None = None  # where xdist workers write their progress lines
+    tail: object = None  # progress.Tail, on the xdist controller
+    unavailable: list = field(default_factory=list)  # (nodeid, reason) of cases that could not run here
+    baselines_saved: Path | None = None
 
 
 def pytest_addoption(parser):
+    from .backends.registry import CHOICES
+
     g = parser.getgroup("nerbench", "nerbench: NER fine-tuning benchmark")
     g.addoption("--data-dir", default=os.environ.get("NERBENCH_DATA_DIR"),
                 help="folder with train.txt/dev.txt/test.txt (CoNLL columns); default $NERBENCH_DATA_DIR, "
@@ -23,40 +44,111 @@ def pytest_addoption(parser):
     g.addoption("--hub-dataset", default=None, help="hub dataset used when no --data-dir (default lhoestq/conll2003)")
     g.addoption("--quick", action="store_true", help="smoke run: fixed seeded sample and the specs' quick schedule")
     g.addoption("--suite", default=os.environ.get("NERBENCH_SUITE", "all"),
-                help="seed, offline, all (default: every suite; cases whose model cannot be had are skipped) "
-                     "or a path to a suite .toml file")
+                help="seed, offline, all (default: every suite) or a path to a suite .toml file")
+    g.addoption("--seeds", default=None, metavar="LIST",
+                help="run every case once per seed, e.g. 42,43,44 (each its own test); default: the spec's seeds")
     g.addoption("--results-dir", default=os.environ.get("NERBENCH_RESULTS_DIR", "results"),
-                help="where run records are stored (JSON, one per case and run key)")
+                help="where run records and predictions are stored (one JSON per case and run key)")
     g.addoption("--cache-dir", default=os.environ.get("NERBENCH_CACHE_DIR", ".nerbench_cache"),
-                help="processed datasets, dequantized GGUF checkpoints")
-    g.addoption("--backend", choices=["auto", "hf", "unsloth"], default=None, help="force a backend for every case")
+                help="processed datasets, dequantized GGUF checkpoints, checkpoints of cases in progress")
+    g.addoption("--backend", choices=CHOICES, default=None, help="force a backend for every case")
     g.addoption("--epochs", type=float, default=None, help="override every case's number of epochs")
     g.addoption("--set", action="append", default=[], metavar="KEY=VALUE", dest="nerbench_set",
                 help="override a training field of every case, e.g. --set batch_size=64 "
                      "--set max_tokens_per_batch=4096 --set group_by_length=false (fields: specs.TrainConfig)")
     g.addoption("--rerun", action="store_true", help="run cases again even when a record for the same run key exists")
+    g.addoption("--skip-unavailable", action="store_true",
+                help="skip cases whose model or data cannot be had here and exit 0 (default: such a run fails)")
     g.addoption("--compare", nargs="?", const=str(BASELINES), default=None, metavar="BASELINES",
-                help=f"compare test F1 with stored baselines (default file {BASELINES.name}); see --compare-fail")
+                help=f"judge test F1 against stored baselines (default file {BASELINES.name}): below the spread of "
+                     "their seeds is a regression")
     g.addoption("--compare-fail", type=float, default=1.5, metavar="POINTS",
-                help="with --compare: fail a case whose F1 falls more than POINTS below its baseline (default 1.5)")
+                help="with --compare, for a case with fewer than 3 stored seeds: fail it when F1 falls more than "
+                     "POINTS below them (default 1.5)")
     g.addoption("--save-baselines", nargs="?", const=str(BASELINES), default=None, metavar="FILE",
                 help="merge this run's results into the baselines file")
     g.addoption("--save-models", default=None, metavar="DIR", help="keep each fine-tuned model (or adapter + head)")
     g.addoption("--label", default="", help="a name for this run's set-up, kept in every record (report --cost)")
+    g.addoption("--columns", default="default", metavar="COLS",
+                help="the summary table's columns: default (fits 120 characters), all, cost, time, or a "
+                     "comma-separated list of column names")
+    g.addoption("--export", default=None, metavar="FILE", help="write the whole run (records and table) as one JSON")
+    g.addoption("--report-to", default="none", choices=["none", "tensorboard", "wandb", "mlflow"],
+                help="the Trainer's loggers for every case (their packages must be installed)")
     g.addoption("--profile", default=None, metavar="DIR",
                 help="write torch.profiler tables of training steps 4-6 (40-42 under CUDA graphs) of each case to "
                      "DIR/CASE.txt, and a cProfile of the same steps (the host's Python) to DIR/CASE.python.txt")
     g.addoption("--synthetic", action="store_true",
                 help="random weights in each case's exact published architecture: cost only, no download, no floors")
     g.addoption("--gpu-peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU, for MFU")
-    g.addoption("--gpu-memory", type=float, default=os.environ.get(MEMORY_CAP), metavar="GB",
+    g.addoption("--gpu-memory", type=float, default=None, metavar="GB",
                 help="behave as a GPU of GB gigabytes: allocations beyond it fail and gradient_checkpointing "
                      "\"auto\" decides for that size (does a case fit a 12 GB card? --gpu-memory 12)")
     g.addoption("--gpus", default=os.environ.get("NERBENCH_GPUS"), metavar="IDS",
-                help="GPUs for pytest-xdist workers, e.g. 0,1,2,3: worker gwN gets IDS[N mod len] "
-                     "(default: every GPU nvidia-smi lists)")
+                help="GPUs to use, e.g. 0,1,2,3: pytest-xdist worker gwN gets IDS[N mod len]; one process uses the "
+                     "first (default: every GPU visible)")
     g.addoption("--shard", default=None, metavar="I/N",
                 help="run only shard I of N (1-based) of the selected cases, for splitting a suite over hosts")
+
+
+# ---------------------------------------------------------------- configuration, before anything trains
+
+
+def _run(config) -> _Run:
+    return config.stash[_KEY]
+
+
+def _session(config):
+    return _run(config).session
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _uses_xdist(config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not _is_worker(config)
+
+
+def bench_requested(config) -> bool:
+    """Whether this run names benchmark cases (bench/ or a bench test file), not only the project's own tests."""
+    for arg in config.args:
+        path = Path(arg.split("::")[0])
+        if path.name.startswith("test_ner") or (path.is_dir() and any(path.glob("test_ner*.py"))):
+            return True
+    return False
+
+
+def worker_gpu(worker: str, gpus: list[str]) -> str | None:
+    """Worker gwN gets the N-th GPU of the list, round robin (more workers than GPUs share them)."""
+    gpus = [g.strip() for g in gpus if g.strip()]
+    return gpus[int(worker.removeprefix("gw")) % len(gpus)] if gpus else None
+
+
+def _visible_gpus() -> list[str]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout  # does not touch CUDA here
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def _pin_gpu(config) -> int:
+    """One process, one GPU, chosen before anything initializes CUDA here: an xdist worker gets its own (round
+    robin), a single process the first of --gpus (without this the Trainer wraps the model in DataParallel over
+    every visible GPU, which the token-classification losses do not support). Returns how many workers share it."""
+    ids = config.getoption("--gpus") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g.strip() for g in ids.split(",") if g.strip()] if ids else _visible_gpus()
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is None:
+        if len(gpus) > 1 and not _uses_xdist(config):
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+        return 1
+    gpu = worker_gpu(worker, gpus)
+    if gpu is None:
+        return 1
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    count = int(config.workerinput.get("workercount", 1))
+    return sum(worker_gpu(f"gw{i}", gpus) == gpu for i in range(count))
 
 
 def _preload_unsloth(config) -> None:
@@ -82,110 +174,169 @@ def _preload_unsloth(config) -> None:
         import unsloth  # noqa: F401
 
 
-def _session(config):
-    return config.stash[_KEY]
-
-
-_KEY = pytest.StashKey()
-
-
-def _pin_worker_gpu(config) -> None:
-    """Give each xdist worker its own GPU, before anything initializes CUDA in this process."""
-    worker = getattr(config, "workerinput", {}).get("workerid")
-    if worker is None:
-        return
-    ids = config.getoption("--gpus") or os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = ids.split(",") if ids else _visible_gpus()
-    gpu = worker_gpu(worker, gpus)
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-        # gradient_checkpointing = "auto" counts only its share of a GPU that several workers use
-        count = int(config.workerinput.get("workercount", 1))
-        os.environ[SHARED_BY] = str(sum(worker_gpu(f"gw{i}", gpus) == gpu for i in range(count)))
-
-
-def worker_gpu(worker: str, gpus: list[str]) -> str | None:
-    """Worker gwN gets the N-th GPU of the list, round robin (more workers than GPUs share them)."""
-    gpus = [g.strip() for g in gpus if g.strip()]
-    return gpus[int(worker.removeprefix("gw")) % len(gpus)] if gpus else None
-
-
-def _visible_gpus() -> list[str]:
-    import shutil
-    import subprocess
-
-    if not shutil.which("nvidia-smi"):
-        return []
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout  # does not touch CUDA here
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
-def pytest_configure(config):
-    _pin_worker_gpu(config)
-    # Variable-shape batches fragment the caching allocator: growable segments keep reserved memory near what
-    # is allocated (read when CUDA first allocates; a user's own setting wins).
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    if config.getoption("--gpu-memory"):
-        os.environ[MEMORY_CAP] = str(config.getoption("--gpu-memory"))
-    _preload_unsloth(config)
-    from .runner import RunOptions
-    from .records import CODE_DIR, Baselines, git_commit
-    from .session import Session
+def _options(config, shared_by: int):
+    from .options import RunOptions
     from .specs import SpecError, parse_override
 
-    git_commit(CODE_DIR)  # the code's commit as this run starts: records carry it, whatever happens later
-
-    config.addinivalue_line("markers", "bench: a benchmark case (fine-tunes a model)")
-    config.addinivalue_line("markers", "encoder: encoder model case")
-    config.addinivalue_line("markers", "decoder: decoder model case")
     opt = config.getoption
     overrides = {k: v for k, v in {"backend": opt("--backend"), "epochs": opt("--epochs")}.items() if v is not None}
     try:
         overrides.update(parse_override(text) for text in opt("nerbench_set"))
+        if opt("--epochs") is not None:
+            parse_override(f"epochs={opt('--epochs')}")
     except SpecError as err:
         raise pytest.UsageError(str(err)) from None
-    if opt("--compare") and not Path(opt("--compare")).is_file():
-        raise pytest.UsageError(f"--compare {opt('--compare')}: baselines file not found (--save-baselines writes one)")
-    cache = Path(opt("--cache-dir")).resolve()
-    options = RunOptions(cache_dir=cache, work_dir=cache / "trainer", quick=opt("--quick"),
-                         synthetic=opt("--synthetic"), gpu_peak_tflops=opt("--gpu-peak-tflops"),
-                         save_models=Path(opt("--save-models")).resolve() if opt("--save-models") else None,
-                         profile_dir=Path(opt("--profile")).resolve() if opt("--profile") else None,
-                         label=opt("--label"),
-                         overrides=overrides)
+    if opt("--gpu-memory") is not None and opt("--gpu-memory") <= 0:
+        raise pytest.UsageError(f"--gpu-memory {opt('--gpu-memory')}: expected a size in GB > 0")
+
+    def folder(name):
+        return Path(opt(name)).resolve() if opt(name) else None
+
+    tokenizers = os.environ.get("NERBENCH_TOKENIZERS")
+    return RunOptions(cache_dir=folder("--cache-dir"), quick=opt("--quick"), synthetic=opt("--synthetic"),
+                      gpu_peak_tflops=opt("--gpu-peak-tflops"), gpu_memory_gb=opt("--gpu-memory"),
+                      gpu_shared_by=shared_by, tokenizers_dir=Path(tokenizers) if tokenizers else None,
+                      save_models=folder("--save-models"), profile_dir=folder("--profile"), label=opt("--label"),
+                      report_to=opt("--report-to"), progress=config.option.verbose >= 0, overrides=overrides)
+
+
+def _check_before_training(config, options) -> None:
+    """Everything that can be known wrong before a model loads, each reported once, naming the option or file."""
+    from . import atomic
+    from .reporting.baselines import Baselines, BaselinesError
+    from .reporting.table import columns_for
+    from .specs import SpecError, resolve_suite
+
+    opt = config.getoption
+    try:
+        resolve_suite(opt("--suite"))
+    except SpecError as err:
+        raise pytest.UsageError(str(err)) from None
+    if opt("--seeds") is not None:
+        _seeds(config)
+    folders = [("--results-dir", Path(opt("--results-dir"))), ("--cache-dir", options.cache_dir)]
+    folders += [(name, Path(opt(name))) for name in ("--save-models", "--profile") if opt(name)]
+    for name, path in folders:
+        problem = atomic.check_writable(path, name)
+        if problem:
+            raise pytest.UsageError(problem)
+    for name in ("--compare", "--save-baselines"):
+        path = opt(name)
+        if path is None:
+            continue
+        if name == "--compare" and not Path(path).is_file():
+            raise pytest.UsageError(f"--compare {path}: baselines file not found (--save-baselines writes one)")
+        try:
+            Baselines.load(path)
+        except BaselinesError as err:
+            raise pytest.UsageError(f"{name}: {err}") from None
+        if name == "--save-baselines":
+            problem = atomic.check_writable(Path(path).resolve().parent, name)
+            if problem:
+                raise pytest.UsageError(problem)
+    if opt("--export"):
+        problem = atomic.check_writable(Path(opt("--export")).resolve().parent, "--export")
+        if problem:
+            raise pytest.UsageError(problem)
+    try:
+        columns_for(opt("--columns"), [])
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+def _seeds(config) -> tuple[int, ...] | None:
+    text = config.getoption("--seeds")
+    if text is None:
+        return None
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise pytest.UsageError(f"--seeds {text!r}: expected a comma-separated list of integers, e.g. 42,43,44") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise pytest.UsageError(f"--seeds {text!r}: expected distinct integers, e.g. 42,43,44")
+    return seeds
+
+
+def _load_data(config, options):
+    """The dataset, read, validated and cached once, before any case: a bad file stops the run with one message
+    (file:line: what); data that cannot be had stops it too, unless --skip-unavailable."""
+    from .data import DEFAULT_HUB_DATASET, ConllFormatError, load_cached
+
+    opt = config.getoption
+    try:
+        return load_cached(opt("--data-dir"), options.cache_dir, opt("--hub-dataset") or DEFAULT_HUB_DATASET)
+    except ConllFormatError as err:
+        raise pytest.UsageError(f"bad data: {err}") from None
+    except Exception as err:
+        if opt("--data-dir"):
+            raise pytest.UsageError(f"--data-dir {opt('--data-dir')}: {type(err).__name__}: {err}") from None
+        reason = (f"no data: the hub dataset cannot be had ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                  "give local files with --data-dir or NERBENCH_DATA_DIR")
+        if opt("--skip-unavailable"):
+            return reason
+        raise pytest.UsageError(reason + " (or --skip-unavailable to skip the cases)") from None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bench: a benchmark case (fine-tunes a model)")
+    config.addinivalue_line("markers", "encoder: encoder model case")
+    config.addinivalue_line("markers", "decoder: decoder model case")
+    shared_by = _pin_gpu(config)
+    # Variable-shape batches fragment the caching allocator: growable segments keep reserved memory near what
+    # is allocated (read when CUDA first allocates; a user's own setting wins).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    _preload_unsloth(config)
+    from .reporting.baselines import Baselines
+    from .reporting.environment import CODE_DIR, git_commit
+    from .session import Session
+
+    git_commit(CODE_DIR)  # the code's commit as this run starts: records carry it, whatever happens later
+    options = _options(config, shared_by)
+    requested = bench_requested(config)
+    if requested and not _is_worker(config):
+        _check_before_training(config, options)
+    opt = config.getoption
     baselines = Baselines.load(opt("--compare"), opt("--compare-fail")) if opt("--compare") else None
-    config.stash[_KEY] = Session(options, Path(opt("--results-dir")).resolve(), rerun=opt("--rerun"),
-                                 baselines=baselines)
+    session = Session(options, Path(opt("--results-dir")).resolve(), rerun=opt("--rerun"), baselines=baselines)
+    session.progress = _progress_sink(config) if options.progress else None
+    config.stash[_KEY] = _Run(session, _load_data(config, options) if requested and not _is_worker(config) else None)
+
+
+# ---------------------------------------------------------------- the cases
 
 
 def pytest_generate_tests(metafunc):
     if "spec" not in metafunc.fixturenames:
         return
-    from .specs import resolve_suite
+    from .specs import SpecError, resolve_suite
 
     try:
         specs = resolve_suite(metafunc.config.getoption("--suite"))
-    except ValueError as err:
+    except SpecError as err:
         raise pytest.UsageError(str(err)) from None
-    metafunc.parametrize("spec", [pytest.param(s, id=s.name, marks=[pytest.mark.bench, getattr(pytest.mark, s.family)])
-                                  for s in specs])
+    forced = _seeds(metafunc.config)
+    params = []
+    for spec in specs:
+        seeds = forced or spec.run_seeds
+        for seed in seeds:
+            case_id = spec.name if len(seeds) == 1 else f"{spec.name}-seed{seed}"
+            params.append(pytest.param(spec.seeded(seed), id=case_id,
+                                       marks=[pytest.mark.bench, getattr(pytest.mark, spec.family)]))
+    metafunc.parametrize("spec", params)
 
 
 def pytest_collection_modifyitems(session, config, items):
     """Largest cases first (the run ends sooner when the long ones start early); then --shard."""
-    from .synthetic import estimated_parameters
+    from .architectures import estimated_parameters
 
     def spec_of(item):
         return getattr(getattr(item, "callspec", None), "params", {}).get("spec")
-
-    def size(item):
-        return estimated_parameters(spec_of(item).architecture)
 
     bench = [i for i in items if spec_of(i) is not None]
     if not bench:
         return
     others = [i for i in items if i not in bench]
-    bench.sort(key=size, reverse=True)
+    bench.sort(key=lambda item: estimated_parameters(spec_of(item).architecture), reverse=True)
     shard = config.getoption("--shard")
     if shard:
         try:
@@ -207,41 +358,130 @@ def nerbench(request):
 
 @pytest.fixture(scope="session")
 def ner_dataset(request):
-    """The dataset, validated and cached once on disk (file-locked across xdist workers); sampled under --quick."""
-    from .data import DEFAULT_HUB_DATASET, ConllFormatError, SampleSize, load_cached, sample
+    """The dataset, validated and cached once on disk before any case (file-locked across xdist workers);
+    sampled under --quick."""
+    from .data import DEFAULT_HUB_DATASET, SampleSize, load_cached, sample
 
     opt = request.config.getoption
     session = _session(request.config)
-    try:
+    dataset = _run(request.config).dataset
+    if dataset is None:  # an xdist worker: the controller has read and cached it
         dataset = load_cached(opt("--data-dir"), session.options.cache_dir, opt("--hub-dataset") or DEFAULT_HUB_DATASET)
-    except ConllFormatError:
-        raise
-    except Exception as err:
-        if opt("--data-dir"):  # local files that cannot be read are an error, not a reason to skip
-            raise
-        # hub unreachable and nothing cached
-        pytest.skip(f"dataset unavailable: {type(err).__name__}: {str(err).splitlines()[0][:200]} "
-                    "(use --data-dir or NERBENCH_DATA_DIR for local files)")
+    if isinstance(dataset, str):  # unavailable, and --skip-unavailable
+        pytest.skip(UNAVAILABLE + dataset)
     return sample(dataset, SampleSize()) if opt("--quick") else dataset
 
 
+# ---------------------------------------------------------------- live progress
+
+
+def _progress_sink(config):
+    """A function from a case's label to its progress reporter: lines on the terminal, or a worker's file."""
+    from .progress import FileSink, describe
+
+    folder = getattr(config, "workerinput", {}).get("nerbench_progress")
+    if folder:
+        return FileSink(Path(folder) / f"{config.workerinput['workerid']}.jsonl").for_case
+    if _is_worker(config):
+        return None
+
+    def for_case(case: str):
+        def report(event: dict) -> None:
+            terminal = config.pluginmanager.getplugin("terminalreporter")
+            capture = config.pluginmanager.getplugin("capturemanager")
+            if terminal is None:
+                return
+            with capture.global_and_fixture_disabled() if capture else _nothing():
+                terminal.write_line(f"nerbench {describe(case, event)}")
+        return report
+
+    return for_case
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """The controller hands each xdist worker the folder its progress lines go to."""
+    run = _run(node.config)
+    if run.session.options.progress:
+        run.progress_dir = run.progress_dir or Path(tempfile.mkdtemp(prefix="nerbench-progress-"))
+        node.workerinput["nerbench_progress"] = str(run.progress_dir)
+
+
+def pytest_sessionstart(session):
+    config = session.config
+    run = _run(config)
+    if _uses_xdist(config) and run.session.options.progress:
+        from .progress import Tail, describe
+
+        run.progress_dir = run.progress_dir or Path(tempfile.mkdtemp(prefix="nerbench-progress-"))
+        terminal = config.pluginmanager.getplugin("terminalreporter")
+        run.tail = Tail(run.progress_dir, lambda case, e: terminal.write_line(f"nerbench {describe(case, e)}"))
+        run.tail.start()
+
+
+# ---------------------------------------------------------------- results
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A case that could not run here says so in its report's sections, which reach the xdist controller."""
+    report = yield
+    if report.skipped and call.when in ("setup", "call") and call.excinfo is not None:
+        reason = str(call.excinfo.value)
+        if reason.startswith(UNAVAILABLE):
+            report.user_properties.append(("nerbench_unavailable", reason.removeprefix(UNAVAILABLE)))
+    return report
+
+
+def pytest_runtest_logreport(report):
+    """The controller (or the only process) notes the cases that could not run here, for the exit status."""
+    for name, value in getattr(report, "user_properties", []):
+        if name == "nerbench_unavailable":
+            _UNAVAILABLE.append((report.nodeid, value))
+
+
+_UNAVAILABLE: list[tuple[str, str]] = []  # this process's (nodeid, reason); logreport has no config to hang it on
+
+
 def pytest_sessionfinish(session):
-    workeroutput = getattr(session.config, "workeroutput", None)
+    config = session.config
+    run = _run(config)
+    workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker hands its records to the controller
         # execnet carries only plain types: send the records as one JSON text
-        workeroutput["nerbench_records"] = json.dumps([r.to_dict() for r in _session(session.config).records],
-                                                      default=str)
-    path = session.config.getoption("--save-baselines")
-    if path and workeroutput is None:
-        _session(session.config).save_baselines(path)
+        records = [{**r.to_dict(), "reused": r.reused} for r in run.session.records]
+        workeroutput["nerbench_records"] = json.dumps(records, default=str)
+        return
+    if run.tail is not None:
+        run.tail.stop()
+        shutil.rmtree(run.progress_dir, ignore_errors=True)
+    path = config.getoption("--save-baselines")
+    if path:
+        from .reporting.baselines import Baselines
+
+        run.baselines_saved = Baselines.load(path).merge(run.session.records)
+    run.unavailable = list(_UNAVAILABLE)
+    if run.unavailable and not config.getoption("--skip-unavailable") and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a green run must mean every selected case ran
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
-    from .records import RunRecord
+    from .reporting.records import RunRecord
 
-    records = json.loads(getattr(node, "workeroutput", {}).get("nerbench_records", "[]"))
-    _session(node.config).records.extend(RunRecord.from_dict(d) for d in records)
+    session = _session(node.config)
+    for d in json.loads(getattr(node, "workeroutput", {}).get("nerbench_records", "[]")):
+        record = RunRecord.from_dict(d)
+        record.folder, record.reused = str(session.store.folder), bool(d.get("reused"))
+        session.records.append(record)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -251,14 +491,27 @@ def pytest_handlecrashitem(crashitem, report, sched):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    if hasattr(config, "workerinput"):
+    if _is_worker(config):
         return
-    session = _session(config)
-    if not session.records:
+    run = _run(config)
+    tr = terminalreporter
+    if run.unavailable:
+        tr.section("nerbench: cases that could not run here")
+        for nodeid, reason in run.unavailable:
+            tr.write_line(f"{nodeid}: {reason}")
+        if not config.getoption("--skip-unavailable"):
+            tr.write_line("the run fails because of them; --skip-unavailable skips such cases and exits 0")
+    if not run.session.records:
         return
-    from .table import render
+    from .reporting.summary import summary
 
-    baselines = session.baselines.for_records(session.records) if session.baselines is not None else None
-    terminalreporter.section("nerbench results")
-    terminalreporter.write_line(render(session.records, baselines))
-    terminalreporter.write_line(f"records: {session.store.folder}")
+    text, rows = summary(run.session.records, run.session.baselines, config.getoption("--columns"))
+    tr.section("nerbench results")
+    tr.write_line(text)
+    tr.write_line(f"records: {run.session.store.folder}")
+    if run.baselines_saved:
+        tr.write_line(f"baselines: {run.baselines_saved}")
+    if config.getoption("--export"):
+        from .reporting.exports import export_run
+
+        tr.write_line(f"export: {export_run(config.getoption('--export'), rows)}")

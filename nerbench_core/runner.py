@@ -1,129 +1,149 @@
-"""One case, top to bottom: spec -> model -> features -> Trainer -> dev selection -> test, once -> record.
+"""One case, top to bottom: spec -> model -> speed plan -> features -> Trainer -> dev selection -> test, once -> record.
 
-This is the only training path; every model, method, attention mode and backend goes through it.
+This is the only training path; every model, method, paradigm, attention mode and backend goes through it.
 """
 from __future__ import annotations
 
 import gc
-import shutil
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import set_seed
 
-from . import activations, cost, modeling, records, training
+from . import cost
+from .accel import plan as accel_plan
+from .accel.memory import DeviceMemory
+from .backends.base import Built, build, save_case
 from .data import NerDataset
-from .features import WordEncoder
-from .inference import predict_tags
+from .options import RunOptions
+from .prediction.tasks import task_for
+from .reporting import environment
+from .reporting.predictions import SplitPredictions
+from .reporting.records import RunRecord, run_key
 from .scoring import score
 from .specs import ModelSpec
+from .training.recipe import train
 
 
 @dataclass
-class RunOptions:
-    cache_dir: Path
-    work_dir: Path
-    quick: bool = False
-    synthetic: bool = False
-    gpu_peak_tflops: float | None = None
-    save_models: Path | None = None  # keep each fine-tuned case (adapter + head, or the whole model) here
-    label: str = ""  # --label, carried by every record of the run
-    profile_dir: Path | None = None  # a torch.profiler table of a few training steps per case goes here
-    overrides: dict = field(default_factory=dict)  # from the command line: backend, epochs, ...
+class CaseResult:
+    record: RunRecord
+    predictions: dict[str, SplitPredictions]  # test, and dev at the kept epoch: saved beside the record
 
-    @property
-    def mode(self) -> str:
-        return "quick" if self.quick else "full"
+
+def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
+             report: Callable[[dict], None] | None = None) -> CaseResult:
+    """Train and score one case (``spec`` as it runs: effective_spec's, seeded); ``report`` takes progress events."""
+    set_seed(spec.train.seed)
+    memory = DeviceMemory(opts.gpu_memory_gb, opts.gpu_shared_by)
+    memory.apply_cap()
+    cost.reset_peak_memory()
+    t0 = time.perf_counter()
+
+    # 1. model and tokenizer, as the spec says (random weights in its exact architecture under --synthetic)
+    built = build(synthetic(spec) if opts.synthetic else spec, dataset.labels, opts)
+    load_seconds = time.perf_counter() - t0
+    try:
+        # 2. the speed levers, decided in one place, then installed
+        accel = accel_plan.plan(spec, built, memory)
+        accel_plan.apply(accel, spec, built)
+
+        # 3. words -> model inputs (labels on first sub-tokens, or prompts and targets), long sentences in windows
+        task = task_for(spec, built, dataset)
+
+        def evaluate_dev(model) -> dict:  # "predictions": kept by the dev selection for the kept epoch
+            dev = task.predict(model, "dev")
+            return {**score(task.gold("dev"), dev.tags, interval=False), "predictions": dev}
+
+        # 4. the Trainer trains; dev picks the epoch. Full-data LoRA cases checkpoint every epoch (adapter, head and
+        # their optimizer state are small): a run killed in a long case continues from its last epoch. Full
+        # fine-tunes would write the whole model each time, and quick runs are over in minutes.
+        checkpoints = (built.backend.name == "hf" and spec.method != "full" and not opts.quick
+                       and not spec.train.max_steps)
+        select_on_dev = dataset.entities("dev") > 0
+        if not select_on_dev:
+            warnings.warn(f"{spec.name}: the dev split has no entities: dev F1 is undefined, the last epoch is kept")
+        outcome = train(built.model, built.tokenizer, spec, accel, task.train_split, evaluate_dev,
+                        opts.work_dir / key_for(spec, dataset, opts), checkpoints=checkpoints,
+                        select_on_dev=select_on_dev, report=report, report_to=opts.report_to,
+                        profile=opts.profile_dir / f"{spec.name}.txt" if opts.profile_dir else None)
+
+        # 5. test, scored once, with the weights of the kept epoch
+        test = task.predict(built.model, "test")
+        if not dataset.entities("test"):
+            warnings.warn(f"{spec.name}: the test split has no entities: test F1 is undefined")
+        test_metrics = score(task.gold("test"), test.tags, docs=[s.doc for s in dataset["test"]])
+        if test.parse is not None:
+            test_metrics["parse"] = test.parse
+        if opts.save_models:
+            save_case(built, spec, dataset.labels, opts.save_models / spec.name)
+
+        # 6. the record
+        measured = measure(built, spec, task, outcome, test, load_seconds, opts)
+        measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from, gpu_memory_cap_bytes=memory.cap_bytes,
+                        case_seconds=time.perf_counter() - t0)  # build, encoding, training, dev and test scoring
+        levers = accel.facts()
+        if outcome.cuda_graphs:
+            levers["cuda_graphs"]["detail"] = outcome.cuda_graphs
+        built.details["accel"] = levers
+        best = outcome.best
+        dev_predictions = outcome.best_predictions or task.predict(built.model, "dev")
+        record = new_record(
+            spec, dataset, opts, status="passed",
+            metrics={"test": test_metrics, "dev_best": best.get("metrics", {}), "best_epoch": best.get("epoch"),
+                     "selection": outcome.selection, "dev_history": outcome.dev_history,
+                     "loss_curve": outcome.loss_curve},
+            cost=measured, model=built.details)
+        predictions = {"test": task.saved(test, "test"), "dev": task.saved(dev_predictions, "dev")}
+        return CaseResult(judge(record), predictions)
+    finally:
+        release(built)
 
 
 def effective_spec(spec: ModelSpec, opts: RunOptions) -> ModelSpec:
     return spec.for_run(opts.quick, **opts.overrides)
 
 
+def synthetic(spec: ModelSpec) -> ModelSpec:
+    from .backends.synthetic import synthetic_spec
+
+    return synthetic_spec(spec)
+
+
 def key_for(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> str:
-    return records.run_key(spec.hash(), dataset.fingerprint, spec.train.seed, opts.mode, opts.synthetic)
+    return run_key(spec.hash(), dataset.fingerprint, spec.train.seed, opts.mode, opts.synthetic)
 
 
-def new_record(spec: ModelSpec, dataset: NerDataset, opts: RunOptions, status: str, **fields) -> records.RunRecord:
-    return records.RunRecord(
+def new_record(spec: ModelSpec, dataset: NerDataset, opts: RunOptions, status: str, **fields) -> RunRecord:
+    identity = dataset.identity
+    floor, note = (None, "synthetic: no floor") if opts.synthetic else spec.floor_for(opts.quick, identity)
+    return RunRecord(
         case=spec.name, status=status, run_key=key_for(spec, dataset, opts), mode=opts.mode,
         spec=spec.to_dict(), spec_hash=spec.hash(),
-        dataset={"source": dataset.source, "fingerprint": dataset.fingerprint, "sample": dataset.sample,
-                 "sentences": {k: len(v) for k, v in dataset.splits.items()}},
-        seed=spec.train.seed, floor=None if opts.synthetic else spec.floor_for(opts.quick), synthetic=opts.synthetic,
-        label=opts.label,
-        environment={"versions": records.versions(), "git": records.git_commit(records.CODE_DIR),
-                     "machine": records.machine_info(cost.gpu_info())},
+        config_key=run_key(spec.hash(seed=False), dataset.fingerprint, None, opts.mode, opts.synthetic),
+        dataset={"name": identity.name, "source": dataset.source, "fingerprint": dataset.fingerprint,
+                 "full_fingerprint": dataset.full_fingerprint, "sample": dataset.sample, "sentences": dataset.sizes,
+                 "entities": {k: dataset.entities(k) for k in dataset.splits}},
+        seed=spec.train.seed, floor=floor, floor_note=note, synthetic=opts.synthetic, label=opts.label,
+        environment=environment.describe(cost.gpu_info()),
         **fields,
     )
 
 
-def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> records.RunRecord:
-    spec = effective_spec(spec, opts)
-    set_seed(spec.train.seed)
-    activations.cap_gpu_memory()
-    cost.reset_peak_memory()
-    id2label = dict(enumerate(dataset.labels))
-    label2id = {label: i for i, label in id2label.items()}
-
-    # 1. model and tokenizer, as the spec says
-    t0 = time.perf_counter()
-    if opts.synthetic:  # same path, random weights in the spec's exact architecture
-        from .synthetic import synthetic_spec
-
-        built = modeling.build(synthetic_spec(spec), dataset.labels, opts.cache_dir)
-    else:
-        built = modeling.build(spec, dataset.labels, opts.cache_dir)
-    load_seconds = time.perf_counter() - t0
-    try:
-        # 2. words -> sub-tokens, labels on first sub-tokens, long sentences in windows
-        encoder = WordEncoder(built.tokenizer, spec.train.max_length)
-        splits = {name: encoder.encode(dataset[name], label2id) for name in ("train", "dev", "test")}
-        gold = {name: [list(s.tags) for s in dataset[name]] for name in ("dev", "test")}
-        collate = training.CountingCollator(built.tokenizer).pad
-        autocast = torch.bfloat16 if modeling.compute_dtype(spec) == torch.bfloat16 else None
-
-        def predict(model, name):
-            return predict_tags(model, splits[name], id2label, collate, spec.train.eval_batch_size, autocast)
-
-        # 3. the Trainer trains; dev picks the epoch
-        # Full-data LoRA cases checkpoint every epoch (adapter, head and their optimizer state are small): a run
-        # killed in a long case continues from its last epoch. Full fine-tunes would write the whole model each
-        # time, and quick runs are over in minutes.
-        work = opts.work_dir / key_for(spec, dataset, opts)
-        outcome = training.train(built.model, built.tokenizer, spec, splits["train"],
-                                 lambda m: score(gold["dev"], predict(m, "dev").tags), work,
-                                 checkpoints=built.backend == "hf" and spec.method != "full" and not opts.quick
-                                 and not spec.train.max_steps,
-                                 profile=opts.profile_dir / f"{spec.name}.txt" if opts.profile_dir else None)
-        # 4. test, scored once, with the weights of the best dev epoch
-        test = predict(built.model, "test")
-        test_metrics = score(gold["test"], test.tags)
-        if opts.save_models:
-            modeling.save_case(built, spec, dataset.labels, opts.save_models / spec.name)
-        measured = measure(built, spec, splits, outcome, test, load_seconds, opts)
-        measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from,
-                        gpu_memory_cap_bytes=activations.memory_cap_bytes(),
-                        case_seconds=time.perf_counter() - t0)  # build, encoding, training, dev and test scoring
-        built.details.update(fused_kernels=outcome.fused_kernels, gradient_checkpointing=outcome.gradient_checkpointing,
-                             cuda_graphs=outcome.cuda_graphs)
-        shutil.rmtree(work, ignore_errors=True)  # the case is done: its checkpoints are not needed
-        return new_record(
-            spec, dataset, opts, status="passed",
-            metrics={"test": test_metrics, "dev_best": outcome.best.get("metrics", {}),
-                     "best_epoch": outcome.best.get("epoch"), "dev_history": outcome.dev_history,
-                     "loss_curve": outcome.loss_curve},
-            cost=measured, model=built.details,
-        )
-    finally:
-        release(built)
+def judge(record: RunRecord) -> RunRecord:
+    """A finished record passed or failed against its floor (none: passed; an undefined F1 under a floor: failed)."""
+    if record.status in ("passed", "failed") and record.error is None:
+        below = record.floor is not None and (record.f1 is None or record.f1 < record.floor)
+        record.status = "failed" if below else "passed"
+    return record
 
 
-def measure(built, spec, splits, outcome, test, load_seconds, opts) -> dict:
+def measure(built: Built, spec: ModelSpec, task, outcome, test, load_seconds: float, opts: RunOptions) -> dict:
     layers, hidden = cost.model_shape(built.model)
-    n_train = splits["train"]
+    n_train = task.train_split
     mean_len = n_train.n_tokens / max(1, len(n_train.examples))
     fpt = cost.flops_per_token(cost.non_embedding_parameters(built.model), spec.method, layers, hidden, mean_len)
     gpu = cost.gpu_info()
@@ -139,12 +159,14 @@ def measure(built, spec, splits, outcome, test, load_seconds, opts) -> dict:
         "dev_eval_seconds": sum(h["seconds"] for h in outcome.dev_history),
         "test_eval_seconds": test.seconds,
         "test_sentences_per_second": test.sentences_per_second,
+        **({"test_generated_tokens_per_second": test.generated_tokens_per_second}
+           if test.generated_tokens_per_second is not None else {}),
         "flops_per_token": fpt,
         "achieved_tflops": fpt * outcome.tokens_per_second / 1e12,
         "mfu": fpt * outcome.tokens_per_second / peak if peak else None,
         "gpu_peak_flops": peak,
-        "windowed_words": {k: v.windowed_words for k, v in splits.items()},
-        "truncated_subtokens": {k: v.truncated_subtokens for k, v in splits.items()},
+        "windowed_words": task.windowed_words,
+        "truncated_subtokens": task.truncated_subtokens,
         "max_length": spec.train.max_length,
     }
 

@@ -4,15 +4,19 @@ No pytest here: the plugin creates one of these and its hooks call into it.
 """
 from __future__ import annotations
 
+import sys
 import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from . import atomic
 from .data import NerDataset
-from .modeling import ModelUnavailable
-from .records import Baselines, ResultStore, RunRecord, merge_baselines
-from .runner import RunOptions, effective_spec, key_for, new_record, release_memory
+from .options import RunOptions
+from .reporting.baselines import Baselines
+from .reporting.records import RunRecord
+from .reporting.store import ResultStore
 from .specs import ModelSpec
 
 
@@ -42,41 +46,52 @@ class Session:
         self.rerun = rerun
         self.baselines = baselines
         self.records: list[RunRecord] = []
+        # case label -> its progress reporter (the plugin's: terminal lines, or an xdist worker's file)
+        self.progress: Callable[[str], Callable[[dict], None]] | None = None
 
     def run(self, spec: ModelSpec, dataset: NerDataset) -> Outcome:
-        from .runner import run_case
+        """Run one case (its spec seeded), or reuse its stored record; a failure is recorded before it is raised."""
+        from .backends.base import ModelUnavailable
+        from .runner import effective_spec, judge, key_for, new_record, release_memory, run_case
 
         run_spec = effective_spec(spec, self.options)
         key = key_for(run_spec, dataset, self.options)
-        if not self.rerun:
-            stored = self.store.find(key, spec.name)
-            if stored is not None:
-                stored.cost = {**stored.cost, "reused": True}
-                self.records.append(stored)
+        # one process at a time per run key: a second one waits, then finds the first one's record
+        self.options.work_dir.mkdir(parents=True, exist_ok=True)
+        with atomic.lock(self.options.work_dir / key):
+            stored = None if self.rerun else self.store.find(key, spec.name)
+            if stored is not None:  # judged against the floor the spec has now, not the one it had then
+                current = new_record(run_spec, dataset, self.options, "")
+                stored.floor, stored.floor_note, stored.reused = current.floor, current.floor_note, True
+                self.records.append(judge(stored))
                 return Outcome(stored, reused=True)
-        failed: RunRecord | None = None
-        try:
-            record = run_case(spec, dataset, self.options)
-        except ModelUnavailable as err:
-            record = new_record(run_spec, dataset, self.options, "skipped", error=str(err))
-            self.records.append(record)
-            return Outcome(record, skipped=str(err))
-        except Exception as err:  # the case fails with its reason; the next case runs on
-            failed = new_record(run_spec, dataset, self.options, "failed", error=error_reason(err))
-            failed.cost["traceback"] = traceback.format_exc()[-4000:]
-        if failed is not None:
-            # raised outside the except block, so no frame of the failed case (nor the GPU memory its model
-            # holds) stays referenced while the next case runs
-            release_memory()
-            self.store.write(failed)
-            self.records.append(failed)
-            raise CaseFailed(f"{failed.error}\n{failed.cost['traceback']}")
-        floor = record.floor
-        if not record.synthetic and floor is not None and (record.f1 or 0.0) < floor:
-            record.status = "failed"
-        self.store.write(record)
-        self.records.append(record)
-        return Outcome(record)
+            failed: RunRecord | None = None
+            report = self.progress(f"{spec.name} (seed {run_spec.train.seed})") if self.progress else None
+            try:
+                result = run_case(run_spec, dataset, self.options, report)
+            except ModelUnavailable as err:
+                record = new_record(run_spec, dataset, self.options, "skipped", error=str(err))
+                self.records.append(record)
+                return Outcome(record, skipped=str(err))
+            except KeyboardInterrupt:
+                print(f"\nnerbench: interrupted in case {spec.name} (seed {run_spec.train.seed}): nothing was "
+                      "recorded for it" + (" (its last complete epoch is kept and resumed next time)"
+                                           if not self.options.quick and spec.method != "full" else ""),
+                      file=sys.stderr, flush=True)
+                raise
+            except Exception as err:  # the case fails with its reason; the next case runs on
+                failed = new_record(run_spec, dataset, self.options, "failed", error=error_reason(err))
+                failed.cost["traceback"] = traceback.format_exc()[-4000:]
+            if failed is not None:
+                # raised outside the except block, so no frame of the failed case (nor the GPU memory its model
+                # holds) stays referenced while the next case runs
+                release_memory()
+                self.store.write(failed)
+                self.records.append(failed)
+                raise CaseFailed(f"{failed.error}\n{failed.cost['traceback']}")
+            self.store.write(result.record, result.predictions)
+            self.records.append(result.record)
+            return Outcome(result.record)
 
     def record_crash(self, nodeid: str, reason: str) -> RunRecord:
         """A case whose process died: a failed record with the reason (no run key: it is never reused)."""
@@ -91,6 +106,3 @@ class Session:
 
     def record_path(self, record: RunRecord) -> Path:
         return self.store.path_for(record)
-
-    def save_baselines(self, path: str | Path) -> Path:
-        return merge_baselines(self.records, path)

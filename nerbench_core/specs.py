@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 import types
 from dataclasses import dataclass, field
@@ -18,8 +19,11 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "bench" / "suites"
 Family = Literal["encoder", "decoder"]
 Method = Literal["full", "lora", "qlora"]
 Attention = Literal["causal", "bidirectional"]
-Backend = Literal["auto", "hf", "unsloth"]
+Paradigm = Literal["head", "generative"]
 RANDOM = "random:"  # `model` of a --synthetic case: random weights in architecture NAME of architectures.toml
+# Case names become pytest ids and file names (records, saved models, profiles): letters, digits and . _ - only,
+# starting with a letter or digit, so that no derived path leaves its folder.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class SpecError(ValueError):
@@ -69,6 +73,38 @@ class TrainConfig:
     # gradient checkpointing (a small card's large model trains eagerly), torch.compile or the unsloth backend.
     cuda_graphs: bool = True
 
+    def __post_init__(self) -> None:
+        problems = [f"{k} = {getattr(self, k)!r}: {why}" for k, ok, why in (
+            ("learning_rate", self.learning_rate > 0, "must be > 0"),
+            ("epochs", self.epochs > 0, "must be > 0 (training nothing would pass any floor)"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("eval_batch_size", self.eval_batch_size >= 1, "must be >= 1"),
+            ("max_length", self.max_length >= 4, "must be >= 4 (special tokens and a word)"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("max_tokens_per_batch", not self.max_tokens_per_batch or self.max_tokens_per_batch >= 1, "must be >= 1"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1"),
+            ("optimizer", _known_optimizer(self.optimizer), f"not a Trainer optimizer ({_optimizers()})"),
+        ) if not ok]
+        if problems:
+            raise SpecError("; ".join(problems))
+
+
+def _optimizers() -> str:
+    try:
+        from transformers.training_args import OptimizerNames
+    except ImportError:
+        return "transformers is not installed"
+    return ", ".join(o.value for o in OptimizerNames)
+
+
+def _known_optimizer(name: str) -> bool:
+    try:
+        from transformers.training_args import OptimizerNames
+    except ImportError:  # checked where transformers is, before any training
+        return True
+    return name in {o.value for o in OptimizerNames}
+
 
 @dataclass(frozen=True)
 class LoraSpec:
@@ -78,12 +114,29 @@ class LoraSpec:
     # every linear projection of attention and MLP (Llama/Qwen2/Mistral names); the head is never a target
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.target_modules:
+            raise SpecError(f"lora = {{ r = {self.r}, alpha = {self.alpha}, dropout = {self.dropout} }}: r >= 1, "
+                            "alpha > 0, 0 <= dropout < 1 and at least one target module")
+
 
 @dataclass(frozen=True)
 class Floor:
-    f1: float = 0.0  # full run: test micro F1 (conlleval-compatible) must reach this
-    quick: float = 0.0  # the same under --quick
+    """An F1 floor, for the data set it was measured on only: elsewhere a case has no floor and passes."""
+
+    data: str = ""  # a data set of bench/datasets.toml (e.g. "conll2003"), or a data fingerprint
+    f1: float | None = None  # full run: test micro F1 (conlleval-compatible) must reach this
+    quick: float | None = None  # the same under --quick
     source: str = ""  # where the number came from (a baseline run, a paper), kept beside it
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise SpecError("a floor needs `data`: the data set it was measured on (a name in bench/datasets.toml, "
+                            "e.g. \"conll2003\", or the data fingerprint a record shows)")
+        for k in ("f1", "quick"):
+            v = getattr(self, k)
+            if v is not None and not 0 <= v <= 1:
+                raise SpecError(f"floor {k} = {v}: F1 floors are fractions in [0, 1] (0.88, not 88)")
 
 
 @dataclass(frozen=True)
@@ -95,16 +148,41 @@ class ModelSpec:
     gguf_file: str | None = None  # a GGUF file inside `model`'s folder, loaded dequantized
     attention: Attention = "causal"  # decoders only; encoders are bidirectional by construction
     bidirectional_layers: int | None = None  # with attention="bidirectional": None = all layers, k = the last k
-    backend: Backend = "auto"  # auto: hf (faster than unsloth over three epochs here: docs/PERFORMANCE.md)
+    backend: str = "auto"  # a name of backends/registry.py, or auto (= hf: faster over three epochs, PERFORMANCE.md)
     architecture: str | None = None  # name in architectures.toml: the exact shape, for --synthetic runs
+    # head: a token-classification head on the last hidden states; generative (decoders): the model is fine-tuned
+    # to write the sentence's entities in `output_format`, and its output is parsed back into tags
+    paradigm: Paradigm = "head"
+    output_format: str = "inline"  # generative: a name of prediction/formats.py (inline, spans)
+    context_sentences: int = 0  # up to N neighbouring sentences of the same document fed as context
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSpec | None = None
     quick: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides under --quick
-    floor: Floor = field(default_factory=Floor)
+    # F1 floors, each for the data set it was measured on; `floor = {...}` in a suite file is one
+    floor: tuple[Floor, ...] = ()
+    seeds: tuple[int, ...] = ()  # run the case once per seed (each its own pytest item); () = train.seed alone
     suite: str = ""  # the suite file it came from
 
     def __post_init__(self) -> None:
         where = f"{self.suite or '<spec>'}: model {self.name!r}"
+        from .backends.registry import CHOICES
+
+        if not NAME.match(self.name):
+            raise SpecError(f"{where}: name must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
+                            "or digit (it names files)")
+        if self.backend not in CHOICES:
+            raise SpecError(f"{where}: backend {self.backend!r} is not one of {', '.join(CHOICES)}")
+        if self.paradigm == "generative" and not self.is_decoder:
+            raise SpecError(f"{where}: paradigm 'generative' is for decoders")
+        if self.paradigm == "generative":
+            from .prediction.formats import FORMATS
+
+            if self.output_format not in FORMATS:
+                raise SpecError(f"{where}: output_format {self.output_format!r} is not one of {', '.join(FORMATS)}")
+        if self.context_sentences < 0:
+            raise SpecError(f"{where}: context_sentences must be >= 0")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise SpecError(f"{where}: seeds {list(self.seeds)} repeat a seed")
         if self.method in ("lora", "qlora") and self.lora is None:
             object.__setattr__(self, "lora", LoraSpec())
         if self.method == "full" and self.lora is not None:
@@ -116,6 +194,13 @@ class ModelSpec:
         unknown = set(self.quick) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             raise SpecError(f"{where}: [quick] has unknown keys {sorted(unknown)}")
+        hints = get_type_hints(TrainConfig)
+        quick = {k: _coerce(v, hints[k], f"{where}: quick.{k}") for k, v in self.quick.items()}
+        object.__setattr__(self, "quick", quick)
+        try:  # the quick schedule must be a valid one too
+            dataclasses.replace(self.train, **quick)
+        except SpecError as err:
+            raise SpecError(f"{where}: quick: {err}") from None
 
     def for_run(self, quick: bool, **overrides: Any) -> "ModelSpec":
         """The spec as it runs: quick overrides applied, then the user's (e.g. --backend)."""
@@ -128,18 +213,40 @@ class ModelSpec:
             spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **train_over))
         return dataclasses.replace(spec, **top_over) if top_over else spec
 
-    def floor_for(self, quick: bool) -> float:
-        return self.floor.quick if quick else self.floor.f1
+    def floor_for(self, quick: bool, data: "DataIdentity") -> tuple[float | None, str]:
+        """The F1 floor for a run on ``data`` (quick or full), or None and why there is none."""
+        for floor in self.floor:
+            if data.matches(floor.data):
+                value = floor.quick if quick else floor.f1
+                if value is None:
+                    return None, f"no {'quick ' if quick else ''}floor for {floor.data}"
+                return value, f"floor for {floor.data}: {floor.source or 'source unstated'}"
+        named = ", ".join(f.data for f in self.floor)
+        return None, f"no floor for this data ({data.name or data.fingerprint})" + (f"; floors: {named}" if named else "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def hash(self) -> str:
-        """Hash of everything that changes the result: not the name, floors or where it was read from."""
+    def hash(self, seed: bool = True) -> str:
+        """Hash of everything that changes the result: not the name, floors, seeds or where it was read from; with
+        ``seed`` false not the training seed either (the configuration shared by a case's seeds)."""
         d = self.to_dict()
-        for k in ("name", "floor", "suite", "quick"):
+        for k in ("name", "floor", "suite", "quick", "seeds"):
             d.pop(k)
+        if not seed:
+            d["train"].pop("seed")
+        if d["paradigm"] == "head":  # a field added later: head-paradigm hashes stay those of earlier records
+            d.pop("paradigm"), d.pop("output_format")
+        if not d["context_sentences"]:
+            d.pop("context_sentences")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    def seeded(self, seed: int) -> "ModelSpec":
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
+
+    @property
+    def run_seeds(self) -> tuple[int, ...]:
+        return self.seeds or (self.train.seed,)
 
     @property
     def is_decoder(self) -> bool:
@@ -169,10 +276,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             except SpecError as e:
                 problems.append(str(e).removeprefix(f"{where}: "))
         raise SpecError(f"{where}: {'; '.join(problems)}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise SpecError(f"{where}: expected a list of strings, got {value!r}")
-        return tuple(value)
+    if origin is tuple:  # tuple[X, ...]: a list of X; a single table where X is a table (floor = {...})
+        inner = args[0]
+        if isinstance(value, dict) and dataclasses.is_dataclass(inner):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise SpecError(f"{where}: expected a table, got {value!r}")
@@ -197,6 +307,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
         return cls(**kwargs)
     except TypeError as e:  # a required key is missing
         raise SpecError(f"{where}: {e}") from None
+    except SpecError as e:  # a value out of range, found by the class itself
+        message = str(e)
+        raise SpecError(message if message.startswith(where) or ": model " in message else f"{where}: {message}") from None
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -218,9 +331,16 @@ def load_suite(path: str | Path) -> list[ModelSpec]:
     unknown = sorted(set(doc) - {"defaults", "model"})
     if unknown:
         raise SpecError(f"{path}: unknown top-level key(s) {', '.join(unknown)} (expected [defaults.*] and [[model]])")
+    if not isinstance(doc.get("model", []), list):
+        raise SpecError(f"{path}: [model] is a single table; each model is an entry of the array [[model]] "
+                        "(two brackets)")
     defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict) or set(defaults) - {"encoder", "decoder"}:
+        raise SpecError(f"{path}: [defaults] holds [defaults.encoder] and [defaults.decoder] tables only")
     specs, seen = [], set()
     for i, entry in enumerate(doc.get("model", [])):
+        if not isinstance(entry, dict):
+            raise SpecError(f"{path}: [[model]] #{i + 1}: expected a table")
         where = f"{path}: [[model]] #{i + 1}" + (f" ({entry['name']})" if "name" in entry else "")
         family = entry.get("family", "encoder")
         merged = _merge(defaults.get(family, {}), entry)
@@ -252,15 +372,26 @@ def spec_from_dict(data: dict, where: str = "<spec>") -> ModelSpec:
     return _build(ModelSpec, data, where)
 
 
+# spec fields (beside TrainConfig's) that --set may change for every case
+SETTABLE = ("paradigm", "output_format", "context_sentences", "attention", "backend")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``--set KEY=VALUE`` for a TrainConfig field; VALUE is read as a TOML value (1e-4, true, 64, "x")."""
+    """``--set KEY=VALUE`` for a TrainConfig field (or one of SETTABLE); VALUE is read as a TOML value (1e-4, true,
+    64, "x")."""
     key, sep, raw = text.partition("=")
     key = key.strip()
-    hints = get_type_hints(TrainConfig)
+    hints = {**get_type_hints(TrainConfig), **{k: get_type_hints(ModelSpec)[k] for k in SETTABLE}}
     if not sep or key not in hints:
         raise SpecError(f"--set {text!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(hints))}")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
-    return key, _coerce(value, hints[key], f"--set {key}")
+    value = _coerce(value, hints[key], f"--set {key}")
+    if key in TrainConfig.__dataclass_fields__:
+        try:
+            dataclasses.replace(TrainConfig(), **{key: value})
+        except SpecError as err:
+            raise SpecError(f"--set {key}: {err}") from None
+    return key, value

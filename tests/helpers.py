@@ -107,3 +107,29 @@ def on_device_of(model, batch: dict) -> dict:
     """A CPU batch moved to where the model was built (modeling.build puts it on the GPU where there is one)."""
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def build(spec, labels, cache_dir):
+    """backends.base.build with default options and this cache folder."""
+    from nerbench_core.backends.base import build as build_case
+    from nerbench_core.options import RunOptions
+
+    return build_case(spec, labels, RunOptions(cache_dir=Path(cache_dir)))
+
+
+def planned(spec, built):
+    """The speed plan of a built case, installed (what runner.run_case does before training)."""
+    from nerbench_core.accel import plan
+    from nerbench_core.accel.memory import DeviceMemory
+
+    accel = plan.plan(spec, built, DeviceMemory())
+    plan.apply(accel, spec, built)
+    return accel
+
+
+def train(built, spec, train_split, evaluate, output_dir, **kwargs):
+    """The training recipe on a built case, its speed plan installed first."""
+    from nerbench_core.training.recipe import train as train_case
+
+    return train_case(built.model, built.tokenizer, spec, planned(spec, built), train_split, evaluate, output_dir,
+                      **kwargs)

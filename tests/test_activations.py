@@ -3,8 +3,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from nerbench_core.activations import activation_bytes, decide, tokens_per_step, use_checkpointing
+from nerbench_core.accel.memory import (DeviceMemory, activation_bytes, capped, room_beside_activations,
+                                        tokens_per_step)
+from nerbench_core.accel.memory import use_checkpointing as decide_with_room
 from nerbench_core.specs import TrainConfig
+
+
+def use_checkpointing(setting, config, tokens, free, bytes_per_value=2):
+    """The decision from the estimate, as accel.plan makes it."""
+    return decide_with_room(setting, room_beside_activations(config, tokens, free, bytes_per_value))
 
 GiB = 2**30
 QWEN_7B = SimpleNamespace(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32)
@@ -35,39 +42,38 @@ def test_explicit_settings_and_unknown_memory():
     assert tokens_per_step(TrainConfig(batch_size=4096, max_tokens_per_batch=1024)) == 1024
 
 
-def test_decide_reads_the_loaded_model_and_its_spec(tmp_path):
-    from transformers import AutoModelForTokenClassification
-
+def test_the_plan_reads_the_loaded_model_and_its_spec(tmp_path):
+    from nerbench_core.accel.plan import plan
     from nerbench_core.specs import ModelSpec
-    from tests.helpers import tiny_bert
+    from tests.helpers import build, tiny_bert
 
-    model = AutoModelForTokenClassification.from_pretrained(tiny_bert(tmp_path / "bert"), num_labels=3)
+    folder = tiny_bert(tmp_path / "bert")
+    spec = ModelSpec(name="t", model=str(folder),
+                     train=TrainConfig(gradient_checkpointing="auto", batch_size=8, max_length=16))
+    built = build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    lever = plan(spec, built, DeviceMemory()).gradient_checkpointing
+    assert (lever.on, lever.why) == (False, "activations fit")  # a tiny model: its activations fit anywhere
+    forced = ModelSpec(name="t", model=str(folder), train=TrainConfig(gradient_checkpointing=True))
+    assert plan(forced, built, DeviceMemory()).gradient_checkpointing.on is True
 
-    spec = ModelSpec(name="t", model="x", train=TrainConfig(gradient_checkpointing="auto", batch_size=8, max_length=16))
-    assert decide(spec, model) is False  # a tiny model: its activations fit in any memory there is
-    assert decide(ModelSpec(name="t", model="x", train=TrainConfig(gradient_checkpointing=True)), model) is True
 
-
-def test_a_memory_cap_makes_auto_decide_as_on_a_card_of_that_size(monkeypatch):
-    from nerbench_core.activations import MEMORY_CAP, capped, memory_cap_bytes
-
-    monkeypatch.delenv(MEMORY_CAP, raising=False)
-    assert memory_cap_bytes() is None and capped(70 * GiB, None, 9 * GiB) == 70 * GiB
-    monkeypatch.setenv(MEMORY_CAP, "12")  # --gpu-memory 12: a 12 GB card
-    assert memory_cap_bytes() == 12 * 10**9
+def test_a_memory_cap_makes_auto_decide_as_on_a_card_of_that_size():
+    assert DeviceMemory().cap_bytes is None and capped(70 * GiB, None, 9 * GiB) == 70 * GiB
+    card = DeviceMemory(cap_gb=12)  # --gpu-memory 12: a 12 GB card
+    assert card.cap_bytes == 12 * 10**9
     # Qwen1.5-14B at its 1024-token batches: off on an 80 GB card, on within 12 GB with its 9 GB of weights loaded
     qwen_14b = SimpleNamespace(hidden_size=5120, intermediate_size=13696, num_hidden_layers=40)
     assert use_checkpointing("auto", qwen_14b, 1024, capped(70 * GiB, None, 9 * GiB)) is False
-    assert use_checkpointing("auto", qwen_14b, 1024, capped(70 * GiB, memory_cap_bytes(), 9 * GiB)) is True
+    assert use_checkpointing("auto", qwen_14b, 1024, capped(70 * GiB, card.cap_bytes, 9 * GiB)) is True
     assert capped(GiB, 12 * 10**9, 13 * 10**9) == 0  # over the cap already: nothing free
+    # xdist workers on one GPU each plan with their share of its free memory (on CPU: the system's, unshared)
+    assert DeviceMemory(shared_by=2).free_bytes() is not None
 
 
 @pytest.mark.parametrize("free_gib, keeps", [(74.0, True), (18.0, False), (6.5, False)])
 def test_the_7b_keeps_its_weights_dequantized_only_where_they_fit_beside_its_activations(free_gib, keeps):
     """keep_dequantized "auto" (lora_kernels.keep_weights) is given this room: the 7B's 6.5e9 projection weights in
     bf16 (13 GB) beside its 1024-token activations fit on an 80 GB GPU, not on a 24 or 12 GB card."""
-    from nerbench_core.activations import room_beside_activations
-
     room = room_beside_activations(QWEN_7B, 1024, int(free_gib * GiB))
     assert (room >= 13e9) is keeps
     assert room_beside_activations(QWEN_7B, 1024, None) is None

@@ -29,6 +29,13 @@ def suite(pytester, body):
     return pytester.makefile(".toml", suite=body)
 
 
+def fingerprint(data) -> str:
+    """What a floor names the tiny data by (it is no data set of bench/datasets.toml)."""
+    from nerbench_core.data import load_conll_dir
+
+    return load_conll_dir(data).fingerprint
+
+
 def tiny_bert_suite(pytester, model, floor=""):
     return suite(pytester, f'[[model]]\nname = "tiny-bert"\nmodel = "{model}"\ntrain = {TRAIN}\n{floor}')
 
@@ -41,10 +48,14 @@ def run(pytester, data, suite_file, *args):
 
 def test_a_tiny_bert_trains_writes_its_record_and_shows_in_the_table(bench):
     pytester, data, model = bench
-    s = tiny_bert_suite(pytester, model, 'floor = { f1 = 0.0, quick = 0.0, source = "test" }\n')
+    s = tiny_bert_suite(pytester, model, f'floor = {{ data = "{fingerprint(data)}", f1 = 0.0, quick = 0.0, '
+                                         'source = "test" }\n')
     result = run(pytester, data, s, "--quick")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*nerbench results*", "*| tiny-bert *| quick *| full *| hf *passed*"])
+    result.stdout.fnmatch_lines(["nerbench tiny-bert (seed 42): training, 24 steps over 2 epochs",
+                                 "nerbench tiny-bert (seed 42): step 12/24 (50%), epoch 1.00, loss *, * tok/s, ETA *",
+                                 "nerbench tiny-bert (seed 42): dev F1 * at epoch 1 (best so far: epoch 1)",
+                                 "*nerbench results*", "*| tiny-bert *| quick *| full *| * [*, *] *passed*"])
     (path,) = (pytester.path / "results").glob("tiny-bert-quick-*.json")
     record = json.loads(path.read_text())
     assert record["status"] == "passed" and record["mode"] == "quick"
@@ -66,23 +77,34 @@ def test_a_tiny_bert_trains_writes_its_record_and_shows_in_the_table(bench):
 
 def test_floor_failure_message_names_f1_floor_and_record(bench):
     pytester, data, model = bench
-    s = tiny_bert_suite(pytester, model, 'floor = { f1 = 1.01, quick = 1.01, source = "impossible on purpose" }\n')
-    result = run(pytester, data, s, "--quick")
+    s = tiny_bert_suite(pytester, model, f'floor = {{ data = "{fingerprint(data)}", f1 = 0.99, quick = 0.99, '
+                                         'source = "out of reach on purpose" }\n')
+    result = run(pytester, data, s, "--quick", "--set", "max_steps=1")  # one step: far from the floor
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*test F1 * is below its floor 101.00*impossible on purpose*record: *results*.json*"])
+    result.stdout.fnmatch_lines(["*test F1 * is below its floor 99.00*by *points*out of reach on purpose*"
+                                 "record: *results*.json*", "*| tiny-bert *failed: * < floor 99.00*"])
 
 
-def test_unavailable_and_broken_cases_do_not_stop_the_others(bench):
+def test_unavailable_and_broken_cases_do_not_stop_the_others(bench, tmp_path):
     pytester, data, model = bench
+    broken = tmp_path / "broken-model"  # a folder transformers cannot make a model of: an error, not unavailable
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
     s = suite(pytester, f'[[model]]\nname = "missing"\nmodel = "{model}-not-here"\n\n'
-                        f'[[model]]\nname = "broken"\nmodel = "{model}"\ntrain = {{ max_length = 2 }}\n\n'
+                        f'[[model]]\nname = "broken"\nmodel = "{broken}"\n\n'
                         f'[[model]]\nname = "fine"\nmodel = "{model}"\ntrain = {TRAIN}\n')
     result = run(pytester, data, s, "--quick")
     result.assert_outcomes(passed=1, failed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*| broken *failed: ValueError: max_length 2 leaves no*",
-                                 "*| missing *skipped: missing: cannot load*", "*SKIPPED*missing: cannot load*"])
-    broken = json.loads(next((pytester.path / "results").glob("broken-*.json")).read_text())
-    assert broken["status"] == "failed" and "leaves no room" in broken["error"]
+    result.stdout.fnmatch_lines(["*cases that could not run here*", "*test_ner?missing?: missing: cannot load*",
+                                 "*the run fails because of them; --skip-unavailable skips such cases*",
+                                 "*| broken *failed: ValueError: *", "*| missing *skipped: missing: cannot load*",
+                                 "*SKIPPED*missing: cannot load*"])
+    record = json.loads(next((pytester.path / "results").glob("broken-*.json")).read_text())
+    assert record["status"] == "failed" and record["error"].startswith("ValueError")
+    # a case that cannot run here fails the run (CI must not go green), unless asked to skip such cases
+    only_missing = suite(pytester, f'[[model]]\nname = "missing"\nmodel = "{model}-not-here"\n')
+    assert run(pytester, data, only_missing, "--quick").ret == 1
+    assert run(pytester, data, only_missing, "--quick", "--skip-unavailable").ret == 0
 
 
 def test_xdist_workers_report_to_one_table(bench):
@@ -100,11 +122,17 @@ def test_compare_fails_a_case_that_fell_below_its_baseline(bench):
     s = tiny_bert_suite(pytester, model)
     run(pytester, data, s, "--quick", "--save-baselines", "base.json").assert_outcomes(passed=1)
     base = json.loads((pytester.path / "base.json").read_text())
-    base["quick"]["tiny-bert"]["metrics"]["test"]["f1"] += 0.05  # pretend the baseline was 5 points better
+    (stored,) = base["quick"]["tiny-bert"]  # one seed
+    stored["metrics"]["test"]["f1"] += 0.05  # pretend the baseline was 5 points better
     (pytester.path / "base.json").write_text(json.dumps(base))
     result = run(pytester, data, s, "--quick", "--rerun", "--compare", "base.json", "--compare-fail", "2")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*5.00 points below the baseline*tolerance 2.00*", "*| tiny-bert *| -5.00*"])
+    result.stdout.fnmatch_lines(["*below the regression bound*1 stored seed: fixed tolerance 2.00 points*",
+                                 "*| tiny-bert *| -5.00*"])
+    # a baselines file that is not one stops the run before anything trains, naming the file
+    (pytester.path / "bad.json").write_text("[1, 2]")
+    bad = run(pytester, data, s, "--quick", "--compare", "bad.json")
+    assert bad.ret == 4 and "bad.json: expected a JSON object" in bad.stderr.str()
 
 
 def test_shards_split_a_suite_and_the_largest_cases_come_first(bench):

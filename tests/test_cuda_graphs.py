@@ -5,12 +5,19 @@ import random
 import pytest
 import torch
 
-from nerbench_core import cuda_graphs, modeling, training
-from nerbench_core.cuda_graphs import BatchShapes, bucket_length
+from nerbench_core.accel import cuda_graphs, lora_kernels
+from nerbench_core.accel.cuda_graphs import BatchShapes, bucket_length
+from nerbench_core.accel.memory import DeviceMemory
+from nerbench_core.accel.plan import plan
+from nerbench_core.backends.hf import tokenizer_for
 from nerbench_core.data import load_conll_dir
 from nerbench_core.features import WordEncoder
 
-from .helpers import make_conll_dir, on_device_of
+from nerbench_core.training import batching
+from nerbench_core.training.recipe import training_arguments
+from nerbench_core.training.trainer import NerTrainer
+
+from .helpers import build, make_conll_dir, on_device_of, planned, train
 from .test_decoder import spec_for
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -43,7 +50,7 @@ def test_a_batch_is_padded_to_its_shape_with_masked_unlabelled_rows():
 def test_token_budget_batches_cut_by_padded_length_come_in_few_shapes():
     lengths = [random.Random(i).randint(3, 120) for i in range(3000)]
     shapes = BatchShapes(max_rows=4096, max_tokens=1024)
-    batches = list(training.TokenBudgetBatches(lengths, 1024, 4096, seed=0, padded_length=shapes.length))
+    batches = list(batching.TokenBudgetBatches(lengths, 1024, 4096, seed=0, padded_length=shapes.length))
     assert sorted(i for b in batches for i in b) == list(range(3000))
     seen = set()
     for b in batches:
@@ -54,9 +61,9 @@ def test_token_budget_batches_cut_by_padded_length_come_in_few_shapes():
 
 
 def test_the_collator_counts_real_positions_before_padding_to_the_shape(qwen_dir):
-    tokenizer = modeling.tokenizer_for(str(qwen_dir))
+    tokenizer = tokenizer_for(str(qwen_dir))
     rows = [{"input_ids": [3, 4, 5], "labels": [0, 1, 2]}, {"input_ids": [6], "labels": [1]}]
-    plain, shaped = training.CountingCollator(tokenizer), training.CountingCollator(tokenizer, BatchShapes(8))
+    plain, shaped = batching.CountingCollator(tokenizer), batching.CountingCollator(tokenizer, BatchShapes(8))
     assert plain(rows)["input_ids"].shape == (2, 3) and shaped(rows)["input_ids"].shape == (8, 4)
     assert plain.real_tokens == shaped.real_tokens == 4
     assert shaped.padding_fraction == 1 - 4 / 32
@@ -64,14 +71,15 @@ def test_the_collator_counts_real_positions_before_padding_to_the_shape(qwen_dir
 
 def test_cuda_graphs_are_off_where_they_cannot_serve(qwen_dir, tmp_path):
     spec = spec_for(qwen_dir, method="lora")
-    model = modeling.build(spec, ["O", "B-PER"], tmp_path).model
+    built = build(spec, ["O", "B-PER"], tmp_path)
     off = dataclasses.replace(spec, train=dataclasses.replace(spec.train, cuda_graphs=False))
-    assert cuda_graphs.reason_off(off, model, False) == "not asked for"
+    assert plan(off, built, DeviceMemory()).cuda_graphs.why == "not asked for"
+    checkpointed = dataclasses.replace(spec, train=dataclasses.replace(spec.train, gradient_checkpointing=True))
     if not torch.cuda.is_available():
-        assert cuda_graphs.reason_off(spec, model, False) == "no CUDA"
+        assert plan(spec, built, DeviceMemory()).cuda_graphs.why == "no CUDA"
     else:
-        assert cuda_graphs.reason_off(spec, model, True) == "gradient checkpointing"
-        assert cuda_graphs.reason_off(spec, model, False) is None
+        assert plan(checkpointed, built, DeviceMemory()).cuda_graphs.why == "gradient checkpointing"
+        assert plan(spec, built, DeviceMemory()).cuda_graphs.on
 
 
 def without_dropout(model: torch.nn.Module) -> None:
@@ -94,12 +102,11 @@ def batch_of(rows: int, length: int, seed: int) -> dict:
 def test_replayed_steps_give_the_eager_gradients(qwen_dir, tmp_path, attention):
     """QLoRA with the fused projections (dropout off): the first batch of each shape runs eagerly, later ones replay
     its graph; every step's loss and gradients are those of an eager step on the same batch."""
-    from nerbench_core import lora_kernels
-
     spec = spec_for(qwen_dir, attention=attention)
     spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
-    model = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path).model
-    lora_kernels.apply(spec, model)
+    built = build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    planned(spec, built)
+    model = built.model
     without_dropout(model)  # the head's dropout too: eager and replayed steps draw different masks
     torch.manual_seed(0)
     for layer in lora_kernels.lora_linears(model):
@@ -139,11 +146,11 @@ def test_a_case_trains_through_cuda_graphs(qwen_dir, tmp_path):
     spec = spec_for(qwen_dir, method="lora")
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=3, max_tokens_per_batch=128,
                                                                batch_size=4096))
-    built = modeling.build(spec, dataset.labels, tmp_path)
+    built = build(spec, dataset.labels, tmp_path)
     train_split = WordEncoder(built.tokenizer, spec.train.max_length).encode(
         dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
     before = {n: p.detach().clone() for n, p in built.model.named_parameters() if p.requires_grad}
-    outcome = training.train(built.model, built.tokenizer, spec, train_split, lambda m: {"f1": 0.5}, tmp_path / "out")
+    outcome = train(built, spec, train_split, lambda m: {"f1": 0.5}, tmp_path / "out")
     assert outcome.cuda_graphs.startswith("CUDA graphs:") and outcome.steps > len(outcome.dev_history)
     assert outcome.loss_curve and all(torch.isfinite(torch.tensor(p["loss"])) for p in outcome.loss_curve)
     assert outcome.loss_curve[-1]["loss"] < outcome.loss_curve[0]["loss"]
@@ -194,7 +201,7 @@ def test_padding_a_batch_to_its_shape_changes_neither_loss_nor_gradients(qwen_di
     spec = spec_for(qwen_dir, method="lora", attention=attention)
     spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0),
                                train=dataclasses.replace(spec.train, bf16=False))  # float32: exact enough to compare
-    model = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path).model
+    model = build(spec, ["O", "B-PER", "I-PER"], tmp_path).model
     model.train()
     without_dropout(model)
     batch = batch_of(3, 7, seed=5)
@@ -226,16 +233,15 @@ def test_the_trainers_graphed_step_computes_its_own_step(qwen_dir, tmp_path):
     dataset = load_conll_dir(make_conll_dir(tmp_path / "data", sizes=(16, 4, 4)))
     spec = spec_for(qwen_dir, method="lora")
     spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
-    built = modeling.build(spec, dataset.labels, tmp_path)
+    built = build(spec, dataset.labels, tmp_path)
     without_dropout(built.model)
     rows = WordEncoder(built.tokenizer, spec.train.max_length).encode(
         dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
-    collator = training.CountingCollator(built.tokenizer)
-    args = training.training_arguments(spec, tmp_path, epoch_steps=2, checkpoints=False, liger=None,
-                                       gradient_checkpointing=False)
+    collator = batching.CountingCollator(built.tokenizer)
+    args = training_arguments(spec, plan(spec, built, DeviceMemory()), tmp_path, epoch_steps=2, checkpoints=False)
     graphs = EagerSteps()
-    trainer = training.NerTrainer(model=built.model, args=args, train_dataset=training.ListDataset(rows),
-                                  data_collator=collator, graphs=graphs)
+    trainer = NerTrainer(model=built.model, args=args, train_dataset=batching.ListDataset(rows),
+                         data_collator=collator, graphs=graphs)
     batch = collator(trainer.train_dataset.rows[:8])
     items = (batch["labels"] != -100).sum()
     params = [p for p in built.model.parameters() if p.requires_grad]

@@ -60,7 +60,12 @@ def test_non_utf8_names_the_line(tmp_path):
 def test_dev_tag_unseen_in_training_is_an_error(tmp_path):
     make_conll_dir(tmp_path)
     (tmp_path / "dev.txt").write_text("Acme B-COMPANY\n", encoding="utf-8")
-    with pytest.raises(ConllFormatError, match="B-COMPANY' does not occur in the training split"):
+    with pytest.raises(ConllFormatError, match="dev.txt:1: tag 'B-COMPANY': type 'COMPANY' does not occur in the "
+                                               "training split"):
+        load_conll_dir(tmp_path)
+    # an I- tag of an unseen type is named as the file has it, not as IOB2 normalization made it
+    (tmp_path / "dev.txt").write_text("Acme O\nCorp I-XYZ\n", encoding="utf-8")
+    with pytest.raises(ConllFormatError, match="dev.txt:2: tag 'I-XYZ': type 'XYZ'"):
         load_conll_dir(tmp_path)
 
 

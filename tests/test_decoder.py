@@ -4,14 +4,19 @@ import dataclasses
 import pytest
 import torch
 
-from nerbench_core import modeling, training
+from nerbench_core.backends.base import load_case, save_case
 from nerbench_core.data import load_conll_dir
 from nerbench_core.features import WordEncoder
-from nerbench_core.inference import predict_tags
+from nerbench_core.options import RunOptions
+from nerbench_core.prediction.head import predict_tags
 from nerbench_core.scoring import score
 from nerbench_core.specs import ModelSpec, TrainConfig
 
-from .helpers import make_conll_dir, on_device_of
+from nerbench_core.training import batching
+from nerbench_core.training.recipe import training_arguments
+from nerbench_core.training.trainer import NerTrainer
+
+from .helpers import build, make_conll_dir, on_device_of, planned, train
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +43,19 @@ def test_qlora_trains_only_lora_and_head(qwen_dir, dataset, tmp_path):
     import bitsandbytes as bnb
 
     spec = spec_for(qwen_dir)
-    built = modeling.build(spec, dataset.labels, tmp_path)
+    built = build(spec, dataset.labels, tmp_path)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in built.model.modules()), "weights are not 4-bit"
     assert built.model.get_base_model().score.weight.dtype == torch.float32  # the head is not quantized
     before = {n: p.detach().clone() for n, p in built.model.named_parameters()}  # 4-bit weights included
     label2id = {l: i for i, l in enumerate(dataset.labels)}
     enc = WordEncoder(built.tokenizer, spec.train.max_length)
     train_split, dev_split = enc.encode(dataset["train"], label2id), enc.encode(dataset["dev"], label2id)
-    collate = training.CountingCollator(built.tokenizer).pad
+    collate = batching.CountingCollator(built.tokenizer).pad
     gold = [list(s.tags) for s in dataset["dev"]]
     evaluate = lambda m: score(gold, predict_tags(m, dev_split, dict(enumerate(dataset.labels)), collate, 16).tags)
     # two epochs: training goes on after a dev evaluation (bitsandbytes' CPU repack once broke exactly that)
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=2))
-    outcome = training.train(built.model, built.tokenizer, spec, train_split, evaluate, tmp_path / "out")
+    outcome = train(built, spec, train_split, evaluate, tmp_path / "out")
     assert outcome.steps == 16 and outcome.real_tokens > 0 and [h["epoch"] for h in outcome.dev_history] == [1.0, 2.0]
     changed = {n for n, p in built.model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed, "nothing was trained"
@@ -63,7 +68,7 @@ def test_qlora_trains_only_lora_and_head(qwen_dir, dataset, tmp_path):
 @pytest.mark.parametrize("mode, last_k, sees_right", [("causal", None, False), ("bidirectional", None, True),
                                                       ("bidirectional", 1, True)])
 def test_attention_mode_decides_whether_tokens_see_the_right(qwen_dir, tmp_path, mode, last_k, sees_right):
-    built = modeling.build(spec_for(qwen_dir, method="lora", attention=mode, bidirectional_layers=last_k),
+    built = build(spec_for(qwen_dir, method="lora", attention=mode, bidirectional_layers=last_k),
                            ["O", "B-PER", "I-PER"], tmp_path)
     torch.manual_seed(0)
     ids = torch.randint(5, len(built.tokenizer), (1, 10))
@@ -79,7 +84,7 @@ def test_attention_mode_decides_whether_tokens_see_the_right(qwen_dir, tmp_path,
 def test_attention_ignores_right_padding(qwen_dir, tmp_path, mode, last_k):
     """Real positions get the same logits with pads on their right, whether or not a layer is handed a padding mask
     (the causal layers are not: their windows hold no pad)."""
-    built = modeling.build(spec_for(qwen_dir, method="lora", attention=mode, bidirectional_layers=last_k),
+    built = build(spec_for(qwen_dir, method="lora", attention=mode, bidirectional_layers=last_k),
                            ["O", "B-PER"], tmp_path)
     ids = torch.randint(5, len(built.tokenizer), (1, 6))
     padded = torch.cat([ids, torch.full((1, 3), built.tokenizer.pad_token_id)], dim=1)
@@ -90,9 +95,9 @@ def test_attention_ignores_right_padding(qwen_dir, tmp_path, mode, last_k):
 @pytest.mark.parametrize("mode, last_k, masked", [("causal", None, [False] * 3), ("bidirectional", 1, [False, False, True])])
 def test_causal_layers_get_no_padding_mask(qwen_dir, tmp_path, mode, last_k, masked):
     """So that SDPA runs its causal kernel rather than a masked one over a 4-D mask built every forward."""
-    built = modeling.build(spec_for(qwen_dir, method="lora", attention=mode, bidirectional_layers=last_k),
+    built = build(spec_for(qwen_dir, method="lora", attention=mode, bidirectional_layers=last_k),
                            ["O", "B-PER"], tmp_path)
-    from nerbench_core.attention import decoder_layers
+    from nerbench_core.backends.attention import decoder_layers
 
     seen = []
     for layer in decoder_layers(built.model)[1]:  # registered after attention.apply's hooks: sees what they hand on
@@ -106,15 +111,15 @@ def test_causal_layers_get_no_padding_mask(qwen_dir, tmp_path, mode, last_k, mas
 @pytest.mark.parametrize("method, mode", [("qlora", "causal"), ("lora", "bidirectional")])
 def test_saved_adapter_and_head_reload_to_the_same_predictions(qwen_dir, tmp_path, method, mode):
     spec = spec_for(qwen_dir, method=method, attention=mode)
-    built = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    built = build(spec, ["O", "B-PER", "I-PER"], tmp_path)
     with torch.no_grad():  # make the adapter and head non-trivial, as after training
         for n, p in built.model.named_parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     ids = torch.randint(5, len(built.tokenizer), (2, 9))
     expected = logits(built.model, ids)
-    folder = modeling.save_case(built, spec, ["O", "B-PER", "I-PER"], tmp_path / "saved")
-    reloaded = modeling.load_case(folder, tmp_path)
+    folder = save_case(built, spec, ["O", "B-PER", "I-PER"], tmp_path / "saved")
+    reloaded = load_case(folder, RunOptions(tmp_path))
     torch.testing.assert_close(logits(reloaded.model, ids), expected)
 
 
@@ -125,10 +130,10 @@ def test_a_killed_lora_case_resumes_from_its_last_epoch(qwen_dir, dataset, tmp_p
 
     def run(work, evaluate_fails_at=None):
         torch.manual_seed(0)
-        built = modeling.build(spec, dataset.labels, tmp_path)
+        built = build(spec, dataset.labels, tmp_path)
         enc = WordEncoder(built.tokenizer, spec.train.max_length)
         train_split, dev_split = enc.encode(dataset["train"], label2id), enc.encode(dataset["dev"], label2id)
-        collate = training.CountingCollator(built.tokenizer).pad
+        collate = batching.CountingCollator(built.tokenizer).pad
         gold = [list(s.tags) for s in dataset["dev"]]
         calls = []
 
@@ -138,7 +143,7 @@ def test_a_killed_lora_case_resumes_from_its_last_epoch(qwen_dir, dataset, tmp_p
                 raise RuntimeError("killed")  # as if the process died during epoch 2
             return score(gold, predict_tags(m, dev_split, dict(enumerate(dataset.labels)), collate, 16).tags)
 
-        outcome = training.train(built.model, built.tokenizer, spec, train_split, evaluate, work, checkpoints=True)
+        outcome = train(built, spec, train_split, evaluate, work, checkpoints=True)
         return outcome, {n: p.detach().clone() for n, p in built.model.named_parameters() if p.requires_grad}
 
     straight, straight_weights = run(tmp_path / "straight")
@@ -161,31 +166,33 @@ def test_max_steps_caps_training_and_the_steady_rate_leaves_out_the_first_steps(
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=3, max_steps=5, batch_size=4,
                                                                cuda_graphs=False))
     label2id = {l: i for i, l in enumerate(dataset.labels)}
-    built = modeling.build(spec, dataset.labels, tmp_path)
+    built = build(spec, dataset.labels, tmp_path)
     train_split = WordEncoder(built.tokenizer, spec.train.max_length).encode(dataset["train"], label2id)
-    outcome = training.train(built.model, built.tokenizer, spec, train_split, lambda m: {"f1": 0.0},
-                             tmp_path / "work", profile=tmp_path / "profile.txt")
+    accel = planned(spec, built)
+    from nerbench_core.training.recipe import train as recipe
+
+    outcome = recipe(built.model, built.tokenizer, spec, accel, train_split, lambda m: {"f1": 0.0},
+                     tmp_path / "work", profile=tmp_path / "profile.txt")
     assert outcome.steps == 5  # 16 steps an epoch without the cap
     assert outcome.steady_tokens_per_second and outcome.steady_tokens_per_second > 0
     assert (tmp_path / "profile.txt").read_text().startswith("steps 4-5")  # the profiler stops at the last step
     assert "by the host's own time" in (tmp_path / "profile.txt").read_text()
     assert "function calls" in (tmp_path / "profile.python.txt").read_text()  # cProfile's stats of the same steps
-    # (liger-kernel's entry too, on a GPU.) The tiny model's dequantized weights fit beside its activations.
-    assert "fused LoRA: 21 projections" in outcome.fused_kernels
-    assert outcome.fused_kernels[-1].startswith("dequantized once: 4-bit weights kept (")
+    # the tiny model's dequantized weights fit beside its activations
+    assert accel.fused_lora.detail == "21 projections" and accel.keep_dequantized.on
 
 
 def test_the_trainers_per_step_shortcuts_give_the_trainers_own_numbers(qwen_dir, dataset, tmp_path):
     from transformers import Trainer
 
     spec = spec_for(qwen_dir)
-    built = modeling.build(spec, dataset.labels, tmp_path)
+    built = build(spec, dataset.labels, tmp_path)
     train_split = WordEncoder(built.tokenizer, spec.train.max_length).encode(
         dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
-    collator = training.CountingCollator(built.tokenizer)
-    trainer = training.NerTrainer(model=built.model, args=training.training_arguments(
-        spec, tmp_path, epoch_steps=8, checkpoints=False, liger=None, gradient_checkpointing=False),
-        train_dataset=training.ListDataset(train_split), data_collator=collator)
+    collator = batching.CountingCollator(built.tokenizer)
+    trainer = NerTrainer(model=built.model, args=training_arguments(spec, planned(spec, built), tmp_path, epoch_steps=8,
+                                                                    checkpoints=False),
+                         train_dataset=batching.ListDataset(train_split), data_collator=collator)
     batch = on_device_of(built.model, collator([r for r in trainer.train_dataset.rows[:8]]))
     theirs = Trainer.floating_point_ops(trainer, batch)
     assert trainer.floating_point_ops(batch) == theirs > 0
@@ -207,7 +214,7 @@ def test_every_training_step_runs_every_module_in_training_mode(qwen_dir, datase
     spec = spec_for(qwen_dir, method="lora")
     # eager steps: a step replayed from a CUDA graph (on a GPU) runs no Python, hence no hook
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=2, cuda_graphs=False))
-    built = modeling.build(spec, dataset.labels, tmp_path)
+    built = build(spec, dataset.labels, tmp_path)
     train_split = WordEncoder(built.tokenizer, spec.train.max_length).encode(
         dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
     dropouts = [m for m in built.model.modules() if isinstance(m, torch.nn.Dropout)]
@@ -223,7 +230,7 @@ def test_every_training_step_runs_every_module_in_training_mode(qwen_dir, datase
         model.eval()
         return {"f1": 0.0}
 
-    outcome = training.train(built.model, built.tokenizer, spec, train_split, evaluate, tmp_path / "out")
+    outcome = train(built, spec, train_split, evaluate, tmp_path / "out")
     assert outcome.steps == 16 and len(dropouts) > 20
     assert len(seen) == 16 and all(seen)
     # walks: the first step's, and the step after each dev scoring (eval() itself walks with mode False)
@@ -232,17 +239,17 @@ def test_every_training_step_runs_every_module_in_training_mode(qwen_dir, datase
 
 
 def test_regionally_compiled_layers_predict_what_eager_ones_do(qwen_dir, tmp_path):
-    from nerbench_core import compiling
-
-    spec = spec_for(qwen_dir, method="lora", attention="bidirectional")
-    built = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    spec = spec_for(qwen_dir, method="lora", attention="bidirectional", train=dataclasses.replace(
+        spec_for(qwen_dir).train, fused_lora=False))
+    built = build(spec, ["O", "B-PER", "I-PER"], tmp_path)
     ids = torch.randint(0, 200, (3, 9))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
     eager = logits(built.model, ids, mask)
-    assert compiling.apply(spec, built.model) is None  # not asked for
+    assert not planned(spec, built).torch_compile.on  # not asked for
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, torch_compile=True))
-    assert compiling.apply(spec, built.model) == "torch.compile of 3 x Qwen2DecoderLayer"
+    compiled = planned(spec, built).torch_compile
+    assert (compiled.on, compiled.detail) == (True, "3 x Qwen2DecoderLayer")
     torch.testing.assert_close(logits(built.model, ids, mask), eager, rtol=2e-2, atol=2e-2)
     named = {n for n, _ in built.model.named_parameters()}
     assert not any("_orig_mod" in n for n in named)  # compiled in place: saving and checkpoints see the same names

@@ -4,10 +4,12 @@ import dataclasses
 import pytest
 import torch
 
-from nerbench_core import lora_kernels, modeling
+from nerbench_core.accel import lora_kernels
+from nerbench_core.accel.memory import DeviceMemory
+from nerbench_core.accel.plan import plan
 from nerbench_core.specs import TrainConfig
 
-from .helpers import on_device_of
+from .helpers import build, on_device_of, planned
 from .test_decoder import spec_for
 
 
@@ -28,11 +30,11 @@ def built_with_lora_in_use(qwen_dir, tmp_path, **spec_fields):
     """A tiny decoder with LoRA (dropout off) whose B matrices are not zero, so that the LoRA path counts."""
     spec = spec_for(qwen_dir, attention="bidirectional", **spec_fields)
     spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
-    built = modeling.build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    built = build(spec, ["O", "B-PER", "I-PER"], tmp_path)
     torch.manual_seed(0)
     for layer in lora_kernels.lora_linears(built.model):
         torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.5)
-    return spec, built.model
+    return spec, built
 
 
 BATCH = (torch.randint(0, 200, (3, 9), generator=torch.Generator().manual_seed(0)),
@@ -43,9 +45,10 @@ BATCH = (torch.randint(0, 200, (3, 9), generator=torch.Generator().manual_seed(0
 def test_fused_lora_gives_peft_loss_and_gradients(qwen_dir, tmp_path, method):
     """float32 throughout (4-bit weights dequantized to float32): the same numbers as peft's layers."""
     no_bf16 = TrainConfig(**{**dataclasses.asdict(spec_for(qwen_dir).train), "bf16": False})
-    spec, model = built_with_lora_in_use(qwen_dir, tmp_path, method=method, train=no_bf16)
+    spec, built = built_with_lora_in_use(qwen_dir, tmp_path, method=method, train=no_bf16)
+    model = built.model
     peft_loss, peft_grads = one_step(model, *BATCH, autocast=False)
-    assert lora_kernels.apply(spec, model)[0] == "fused LoRA: 21 projections"  # 3 layers x 7
+    assert planned(spec, built).fused_lora.detail == "21 projections"  # 3 layers x 7
     fused_loss, fused_grads = one_step(model, *BATCH, autocast=False)
     torch.testing.assert_close(fused_loss, peft_loss, rtol=1e-5, atol=1e-6)
     assert fused_grads.keys() == peft_grads.keys() and any("lora_A" in n for n in fused_grads)
@@ -57,10 +60,11 @@ def test_fused_lora_in_bf16_is_as_close_to_float32_as_peft(qwen_dir, tmp_path):
     """Under bf16 autocast both paths round differently; against float32 arithmetic the fused one is no worse."""
     import copy
 
-    spec, model = built_with_lora_in_use(qwen_dir, tmp_path, method="lora")
+    spec, built = built_with_lora_in_use(qwen_dir, tmp_path, method="lora")
+    model = built.model
     _, exact = one_step(copy.deepcopy(model).float(), *BATCH, autocast=False)
     _, peft_grads = one_step(model, *BATCH, autocast=True)
-    lora_kernels.apply(spec, model)
+    planned(spec, built)
     _, fused_grads = one_step(model, *BATCH, autocast=True)
 
     def error(grads):
@@ -72,7 +76,7 @@ def test_fused_lora_in_bf16_is_as_close_to_float32_as_peft(qwen_dir, tmp_path):
 def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_path):
     """With dropout the mask is random: check the hand-written backward against autograd over the same mask."""
     spec = spec_for(qwen_dir, method="lora")
-    layer = lora_kernels.lora_linears(modeling.build(spec, ["O"], tmp_path).model)[0]
+    layer = lora_kernels.lora_linears(build(spec, ["O"], tmp_path).model)[0]
     base, name = layer.get_base_layer().float(), layer.active_adapters[0]
     torch.nn.init.normal_(layer.lora_B[name].weight)  # B starts at zero: give A a gradient to compare
     a, b, p, s = layer.lora_A[name].weight, layer.lora_B[name].weight, 0.3, layer.scaling[name]
@@ -93,7 +97,7 @@ def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_pat
 
 def test_peft_forward_runs_where_the_fused_one_does_not_apply(qwen_dir, tmp_path):
     spec = spec_for(qwen_dir, method="lora")
-    model = modeling.build(spec, ["O", "B-PER"], tmp_path).model.float()
+    model = build(spec, ["O", "B-PER"], tmp_path).model.float()
     lora_kernels.install(model)
     layer = lora_kernels.lora_linears(model)[0]
     x = torch.randn(1, 4, layer.get_base_layer().in_features, device=layer.get_base_layer().weight.device)
@@ -107,16 +111,18 @@ def test_peft_forward_runs_where_the_fused_one_does_not_apply(qwen_dir, tmp_path
 
 def test_fused_lora_follows_the_spec(qwen_dir, tmp_path):
     spec = spec_for(qwen_dir, method="lora")
-    model = modeling.build(spec, ["O"], tmp_path).model
+    built = build(spec, ["O"], tmp_path)
     off = dataclasses.replace(spec, train=dataclasses.replace(spec.train, fused_lora=False))
     compiled = dataclasses.replace(spec, train=dataclasses.replace(spec.train, torch_compile=True))
-    assert lora_kernels.apply(off, model) == [] and lora_kernels.apply(compiled, model) == []
-    assert all("forward" not in vars(layer) for layer in lora_kernels.lora_linears(model))
+    assert plan(off, built, DeviceMemory()).fused_lora.why == "not asked for"
+    assert plan(compiled, built, DeviceMemory()).fused_lora.why == "torch.compile fuses instead"
+    planned(off, built)
+    assert all("forward" not in vars(layer) for layer in lora_kernels.lora_linears(built.model))
 
 
 def test_block_scales_kept_or_not_give_the_same_weight(qwen_dir, tmp_path):
     spec = spec_for(qwen_dir)  # qlora: NF4 with double quantization
-    bases = [layer.get_base_layer() for layer in lora_kernels.lora_linears(modeling.build(spec, ["O"], tmp_path).model)]
+    bases = [layer.get_base_layer() for layer in lora_kernels.lora_linears(build(spec, ["O"], tmp_path).model)]
     kept, recomputed = lora_kernels.FrozenWeight(bases[0], True), lora_kernels.FrozenWeight(bases[0], False)
     assert kept.absmax is not None and recomputed.absmax is None
     assert torch.equal(kept.weight(torch.bfloat16), recomputed.weight(torch.bfloat16))
@@ -128,11 +134,14 @@ def test_block_scales_kept_or_not_give_the_same_weight(qwen_dir, tmp_path):
 def test_weights_kept_dequantized_give_the_same_step(qwen_dir, tmp_path):
     """The kept weight is the dequantization every step would compute: the same loss and gradients, exactly."""
     no_bf16 = TrainConfig(**{**dataclasses.asdict(spec_for(qwen_dir).train), "bf16": False})
-    spec, model = built_with_lora_in_use(qwen_dir, tmp_path, method="qlora", train=no_bf16)
+    spec, built = built_with_lora_in_use(qwen_dir, tmp_path, method="qlora", train=no_bf16)
+    model = built.model
     off = dataclasses.replace(spec, train=dataclasses.replace(spec.train, keep_dequantized=False))
-    assert lora_kernels.apply(off, model) == ["fused LoRA: 21 projections"]
+    accel = planned(off, built)
+    assert accel.fused_lora.on and (accel.keep_dequantized.on, accel.keep_dequantized.why) == (False, "not asked for")
     loss, grads = one_step(model, *BATCH, autocast=False)
-    assert lora_kernels.apply(spec, model)[1] == "dequantized once: 4-bit weights kept (float32, 0.0 GB)"
+    kept = planned(spec, built).keep_dequantized
+    assert (kept.on, kept.why, kept.detail) == (True, "fits beside the activations", "float32, 0.0 GB")
     frozen = [layer.nerbench_frozen for layer in lora_kernels.lora_linears(model)]
     assert all(f.kept is not None and f.weight(torch.float32) is f.kept for f in frozen)
     kept_loss, kept_grads = one_step(model, *BATCH, autocast=False)
@@ -141,7 +150,7 @@ def test_weights_kept_dequantized_give_the_same_step(qwen_dir, tmp_path):
 
 def test_keeping_dequantized_weights_follows_the_setting_and_the_room(qwen_dir, tmp_path):
     bases = [layer.get_base_layer() for layer in lora_kernels.lora_linears(
-        modeling.build(spec_for(qwen_dir), ["O"], tmp_path).model)]
+        build(spec_for(qwen_dir), ["O"], tmp_path).model)]
     need = lora_kernels.dequantized_bytes(bases, torch.bfloat16)
     assert need == 2 * sum(torch.Size(b.weight.quant_state.shape).numel() for b in bases)
     keep = lora_kernels.keep_weights
@@ -149,5 +158,5 @@ def test_keeping_dequantized_weights_follows_the_setting_and_the_room(qwen_dir, 
     assert not keep("auto", bases, torch.bfloat16, None)  # memory unknown
     assert keep(True, bases, torch.bfloat16, 0) and not keep(False, bases, torch.bfloat16, 10 * need)
     plain = [layer.get_base_layer() for layer in lora_kernels.lora_linears(
-        modeling.build(spec_for(qwen_dir, method="lora"), ["O"], tmp_path).model)]
+        build(spec_for(qwen_dir, method="lora"), ["O"], tmp_path).model)]
     assert not keep(True, plain, torch.bfloat16, None)  # nothing 4-bit to keep

@@ -6,8 +6,9 @@ import subprocess
 import sys
 import textwrap
 
-from nerbench_core.records import ResultStore, RunRecord, load_records, run_key
-from nerbench_core.table import render
+from nerbench_core.reporting.records import RunRecord, run_key
+from nerbench_core.reporting.store import ResultStore, load_records
+from nerbench_core.reporting.table import fold, render
 
 
 def record(case, f1=0.9, key="k1", **kw):
@@ -45,7 +46,7 @@ def test_a_process_killed_mid_write_leaves_the_store_readable(tmp_path):
         import os, sys, time
         sys.path.insert(0, {os.getcwd()!r})
         from tests.test_records import record
-        from nerbench_core.records import ResultStore
+        from nerbench_core.reporting.store import ResultStore
         os.replace = lambda *a: (print("writing", flush=True), time.sleep(60))
         ResultStore({str(tmp_path)!r}).write(record("killed"))
     """)], stdout=subprocess.PIPE, text=True)
@@ -77,16 +78,20 @@ def test_records_merge_from_several_folders_and_files(tmp_path):
 
 
 def test_table_shows_rows_per_type_scores_and_deltas():
-    text = render([record("small", f1=0.80), record("big", f1=0.91)], baselines={"big": 0.90})
+    rows = fold([record("small", f1=0.80), record("big", f1=0.91)])
+    next(r for r in rows if r.first.case == "big").baseline = 0.90
+    text = render(rows, "all")
     assert "| small" in text and "| big" in text
     assert "F1 PER" in text and "F1 LOC" in text
     assert "91.00" in text and "81.00" in text  # F1 and the LOC column of "big"
     assert "+1.00" in text  # change against the baseline
     assert "1.5 GiB rss" in text
+    compact = render(rows)  # the default columns
+    assert "F1 PER" not in compact and "+1.00" in compact and max(len(line) for line in compact.splitlines()) <= 120
 
 
 def test_report_prints_the_table_from_stored_records_alone(tmp_path, capsys):
-    from nerbench_core.report import main
+    from nerbench_core.reporting.report import main
 
     ResultStore(tmp_path / "a").write(record("host-a-model", key="1"))
     ResultStore(tmp_path / "b").write(record("host-b-model", key="2"))
@@ -96,7 +101,7 @@ def test_report_prints_the_table_from_stored_records_alone(tmp_path, capsys):
 
 
 def test_cost_table_compares_each_case_with_its_own_baseline_run():
-    from nerbench_core.table import cost_rows
+    from nerbench_core.reporting.table import cost_rows
 
     def run(case, label, rate, steady, **train):
         r = record(case, key=f"{case}-{label}", label=label)
@@ -113,30 +118,25 @@ def test_cost_table_compares_each_case_with_its_own_baseline_run():
     assert ratio[("bert", "default")] == "2.00x"  # the baseline has no steady rate: overall against overall
     assert rows[1][column["set-up"]] == "4096-token batches"
     assert rows[0][column["set-up"]] == "16 sentences, random"
-    # "auto" checkpointing: the set-up shows what the run decided, not the spec's word
+    # the set-up column reads the speed plan's facts: what the run decided ("auto" checkpointing), not the spec's word
     auto = run("7b", "auto", 8000.0, 8000.0, max_tokens_per_batch=4096, gradient_checkpointing="auto")
-    auto.model["gradient_checkpointing"] = False
     old = run("7b", "old", 5000.0, 5000.0, max_tokens_per_batch=4096, gradient_checkpointing=True)
+
+    def levers(record, *on):
+        record.model["accel"] = {k: {"on": k in on, "why": "", "detail": ""} for k in (
+            "liger", "torch_compile", "fused_lora", "keep_dequantized", "gradient_checkpointing", "cuda_graphs")}
+
+    levers(auto)
+    levers(old, "gradient_checkpointing", "torch_compile")
     _, rows = cost_rows([auto, old])
-    assert [r[column["set-up"]] for r in rows] == ["4096-token batches", "4096-token batches, grad ckpt"]
-    # the kernels a run used: liger-kernel's, or compiled layers (torch_compile)
-    auto.model["fused_kernels"] = ["liger-kernel: rms_norm, swiglu"]
-    old.model["fused_kernels"] = ["torch.compile of 24 x Qwen2DecoderLayer"]
-    _, rows = cost_rows([auto, old])
-    assert [r[column["set-up"]] for r in rows] == ["4096-token batches, liger", "4096-token batches, grad ckpt, compiled"]
-    auto.model["fused_kernels"] = ["liger-kernel: rms_norm, swiglu", "fused LoRA: 224 projections"]
-    _, rows = cost_rows([auto])
-    assert rows[0][column["set-up"]] == "4096-token batches, liger, fused LoRA"
-    auto.model["cuda_graphs"] = "CUDA graphs: 15 batch shapes"
-    assert cost_rows([auto])[1][0][column["set-up"]] == "4096-token batches, liger, fused LoRA, graphs"
-    auto.model["cuda_graphs"] = "CUDA graphs failed, eager steps: RuntimeError: ..."
-    assert cost_rows([auto])[1][0][column["set-up"]] == "4096-token batches, liger, fused LoRA"
-    auto.model["fused_kernels"].append("dequantized once: 4-bit weights kept (bfloat16, 13.1 GB)")
-    assert cost_rows([auto])[1][0][column["set-up"]] == "4096-token batches, liger, fused LoRA, dequantized once"
+    assert [r[column["set-up"]] for r in rows] == ["4096-token batches", "4096-token batches, grad ckpt, compiled"]
+    levers(auto, "liger", "fused_lora", "cuda_graphs", "keep_dequantized")
+    assert cost_rows([auto])[1][0][column["set-up"]] == ("4096-token batches, liger, fused LoRA, dequantized once, "
+                                                         "graphs")
 
 
 def test_time_table_gives_each_case_its_share_of_the_suite():
-    from nerbench_core.table import time_rows
+    from nerbench_core.reporting.table import time_rows
 
     records = []
     for case, seconds in (("small", 60.0), ("big", 180.0)):
@@ -153,7 +153,7 @@ def test_time_table_gives_each_case_its_share_of_the_suite():
 def test_records_name_the_commit_the_run_started_from(tmp_path, monkeypatch):
     import subprocess
 
-    from nerbench_core import records
+    from nerbench_core.reporting import environment as records
 
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -59,13 +59,20 @@ def test_unknown_suite_choice_lists_the_known_ones():
 
 def test_hash_follows_what_changes_results_and_quick_overrides_apply(tmp_path):
     (spec,) = load_suite(write(tmp_path, '[[model]]\nname = "x"\nmodel = "m"\nquick = { epochs = 1 }\n'
-                                         'floor = { f1 = 0.5 }\n'))
-    assert spec.hash() == dataclasses.replace(spec, floor=dataclasses.replace(spec.floor, f1=0.9)).hash()
+                                         'floor = { data = "conll2003", f1 = 0.5 }\n'))
+    assert spec.hash() == dataclasses.replace(spec, floor=(dataclasses.replace(spec.floor[0], f1=0.9),)).hash()
+    assert spec.hash() == dataclasses.replace(spec, seeds=(1, 2)).hash()  # seeds name runs, not one run
+    assert spec.hash() != spec.seeded(7).hash() and spec.hash(seed=False) == spec.seeded(7).hash(seed=False)
     assert spec.hash() != dataclasses.replace(spec, train=dataclasses.replace(spec.train, learning_rate=1.0)).hash()
     quick = spec.for_run(quick=True)
     assert quick.train.epochs == 1.0 and spec.train.epochs == 3.0 and quick.hash() != spec.hash()
     assert spec.for_run(quick=False, backend="hf", epochs=2).train.epochs == 2
-    assert spec.floor_for(quick=False) == 0.5
+    from nerbench_core.data import DataIdentity
+
+    conll, other = DataIdentity("conll2003", "fp1"), DataIdentity("", "fp2")
+    assert spec.floor_for(False, conll) == (0.5, "floor for conll2003: source unstated")
+    assert spec.floor_for(True, conll) == (None, "no quick floor for conll2003")
+    assert spec.floor_for(False, other) == (None, "no floor for this data (fp2); floors: conll2003")
 
 
 def test_command_line_overrides_are_typed_and_checked():
@@ -90,7 +97,7 @@ def test_command_line_overrides_are_typed_and_checked():
 def test_token_budget_batches_respect_the_budget_and_cover_every_sentence():
     import random
 
-    from nerbench_core.training import TokenBudgetBatches
+    from nerbench_core.training.batching import TokenBudgetBatches
 
     rng = random.Random(0)
     lengths = [rng.randint(3, 60) for _ in range(1000)]
@@ -111,15 +118,27 @@ def test_xdist_workers_get_gpus_round_robin():
     assert worker_gpu("gw0", []) is None  # no GPU: nothing to pin
 
 
-@pytest.mark.parametrize("worker, gpu, shared_by", [("gw0", "0", "2"), ("gw1", "1", "1"), ("gw2", "0", "2")])
+@pytest.mark.parametrize("worker, gpu, shared_by", [("gw0", "0", 2), ("gw1", "1", 1), ("gw2", "0", 2)])
 def test_each_worker_knows_how_many_share_its_gpu(monkeypatch, worker, gpu, shared_by):
     from types import SimpleNamespace
 
-    from nerbench_core.activations import SHARED_BY
-    from nerbench_core.plugin import _pin_worker_gpu
+    from nerbench_core.plugin import _pin_gpu
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setenv(SHARED_BY, "")
     config = SimpleNamespace(workerinput={"workerid": worker, "workercount": 3}, getoption=lambda name: "0,1")
-    _pin_worker_gpu(config)  # three workers on two GPUs: gw0 and gw2 split GPU 0
-    assert (os.environ["CUDA_VISIBLE_DEVICES"], os.environ[SHARED_BY]) == (gpu, shared_by)
+    # three workers on two GPUs: gw0 and gw2 split GPU 0
+    assert (_pin_gpu(config), os.environ["CUDA_VISIBLE_DEVICES"]) == (shared_by, gpu)
+
+
+def test_one_process_uses_one_gpu(monkeypatch):
+    """Without -n, the first of several visible GPUs: the Trainer would otherwise wrap the model in DataParallel."""
+    from types import SimpleNamespace
+
+    from nerbench_core.plugin import _pin_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    config = SimpleNamespace(option=SimpleNamespace(numprocesses=None), getoption=lambda name: None)
+    assert _pin_gpu(config) == 1 and os.environ["CUDA_VISIBLE_DEVICES"] == "2"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    config.option.numprocesses = 2  # the xdist controller trains nothing: its workers pin their own
+    assert _pin_gpu(config) == 1 and os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"

@@ -2,28 +2,33 @@
 import pytest
 import torch
 
-from nerbench_core import modeling
+from nerbench_core.backends.base import build as build_case
+from nerbench_core.backends.synthetic import synthetic_spec
+from nerbench_core.options import RunOptions
 from nerbench_core.specs import ModelSpec, TrainConfig
-from nerbench_core.synthetic import synthetic_spec
 
 from .helpers import bert_tokenizer, bpe_tokenizer
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
 
-@pytest.fixture(autouse=True)
-def offline_tokenizers(tmp_path_factory, monkeypatch):
-    folder = tmp_path_factory.getbasetemp() / "tokenizers"
-    if not folder.is_dir():
-        bpe_tokenizer(folder / "decoder")
-        bert_tokenizer(folder / "encoder")
-    monkeypatch.setenv("NERBENCH_TOKENIZERS", str(folder))
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    """What NERBENCH_TOKENIZERS names: a folder with the offline tokenizers (here: made in the tests)."""
+    folder = tmp_path_factory.mktemp("tokenizers")
+    bpe_tokenizer(folder / "decoder")
+    bert_tokenizer(folder / "encoder")
+    return folder
 
 
-def build(tmp_path, architecture, **kw):
-    spec = ModelSpec(name="s", model="unused", architecture=architecture, backend="hf",
-                     train=TrainConfig(max_length=32), **kw)
-    return modeling.build(synthetic_spec(spec), LABELS, tmp_path / "cache")
+@pytest.fixture
+def build(tmp_path, tokenizers):
+    def build(architecture, **kw):
+        spec = ModelSpec(name="s", model="unused", architecture=architecture, backend="hf",
+                         train=TrainConfig(max_length=32), **kw)
+        options = RunOptions(cache_dir=tmp_path / "cache", tokenizers_dir=tokenizers)
+        return build_case(synthetic_spec(spec), LABELS, options)
+    return build
 
 
 def forward(built):
@@ -33,10 +38,10 @@ def forward(built):
         return built.model(**{k: v.to(device) for k, v in ids.items()}).logits
 
 
-def test_a_qlora_decoder_is_built_quantized_in_memory_with_nothing_written(tmp_path):
+def test_a_qlora_decoder_is_built_quantized_in_memory_with_nothing_written(build, tmp_path):
     import bitsandbytes as bnb
 
-    built = build(tmp_path, "tiny-qwen2", family="decoder", method="qlora")
+    built = build("tiny-qwen2", family="decoder", method="qlora")
     base = built.model.get_base_model()
     assert not [n for n, p in built.model.named_parameters() if p.is_meta]
     layers = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -49,9 +54,9 @@ def test_a_qlora_decoder_is_built_quantized_in_memory_with_nothing_written(tmp_p
     assert not (tmp_path / "cache" / "synthetic").exists()  # no random checkpoint on disk
 
 
-def test_random_weights_are_initialised_and_seeded(tmp_path):
-    a = build(tmp_path, "tiny-bert", method="full").model
-    b = build(tmp_path, "tiny-bert", method="full").model
+def test_random_weights_are_initialised_and_seeded(build, tmp_path):
+    a = build("tiny-bert", method="full").model
+    b = build("tiny-bert", method="full").model
     assert all(p.dtype == torch.float32 for p in a.parameters())  # full fine-tunes train fp32 weights
     embeddings = a.bert.embeddings.word_embeddings.weight
     assert 0.015 < embeddings.std().item() < 0.025  # initializer_range 0.02, as transformers initialises

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from nerbench_core.training import BestOnDev, LossCurve
+from nerbench_core.training.callbacks import BestOnDev, LossCurve
 
 
 class Collator:
@@ -42,7 +42,7 @@ def test_token_budget_batches_hold_the_budget_and_give_the_epochs_step_count():
     import random
 
     from nerbench_core.specs import ModelSpec, TrainConfig
-    from nerbench_core.training import TokenBudgetBatches, steps_per_epoch
+    from nerbench_core.training.batching import TokenBudgetBatches, steps_per_epoch
 
     lengths = [random.Random(i).randint(3, 60) for i in range(500)]
     batches = list(TokenBudgetBatches(lengths, max_tokens=256, max_sentences=32, seed=0))

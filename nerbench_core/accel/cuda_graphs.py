@@ -88,24 +88,6 @@ def batch_shapes(spec) -> BatchShapes:
     return BatchShapes(spec.train.batch_size, spec.train.max_tokens_per_batch or None)
 
 
-def reason_off(spec, model: nn.Module, gradient_checkpointing: bool) -> str | None:
-    """Why this case trains without CUDA graphs, or None where it uses them."""
-    from .modeling import transformers_model
-
-    t = spec.train
-    if not t.cuda_graphs:
-        return "not asked for"
-    if not torch.cuda.is_available():
-        return "no CUDA"
-    if gradient_checkpointing:
-        return "gradient checkpointing"
-    if t.torch_compile:
-        return "torch.compile"
-    if transformers_model(model) is None:
-        return "not a transformers model (unsloth backend)"
-    return None
-
-
 def eager_step(loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     loss = loss_of(inputs)
     loss.backward()

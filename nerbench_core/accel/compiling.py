@@ -37,14 +37,3 @@ def compile_layers(model: nn.Module) -> str:
     for block in blocks:
         block.compile(dynamic=True)
     return f"torch.compile of {len(blocks)} x {type(blocks[0]).__name__}"
-
-
-def apply(spec, model: nn.Module) -> str | None:
-    """The spec's ``torch_compile`` for a model about to train: its transformers model's layers compiled, or None
-    (not asked for, or not a transformers model: the unsloth backend compiles its own kernels)."""
-    from .modeling import transformers_model
-
-    base = transformers_model(model)
-    if base is None or not spec.train.torch_compile:
-        return None
-    return compile_layers(base)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .features import EncodedSplit
+from ..features import EncodedSplit
 
 
 @dataclass
@@ -20,6 +20,8 @@ class Predictions:
     tags: list[list[str]]  # one tag per word, per sentence, in the split's order
     seconds: float
     sentences_per_second: float
+    parse: dict | None = None  # generative: what the parser dropped (prediction.formats.ParseCounts)
+    generated_tokens_per_second: float | None = None  # generative
 
 
 @torch.no_grad()

@@ -90,7 +90,8 @@ def dequantized_bytes(bases: list[nn.Module], dtype: torch.dtype) -> int:
 def keep_weights(setting: bool | str, bases: list[nn.Module], dtype: torch.dtype, room: int | None) -> bool:
     """The spec's ``keep_dequantized``: true or false as given (where there are 4-bit weights); "auto" keeps them
     where they fit in ``room``, the memory left beside the step's activations without checkpointing
-    (activations.room), so that keeping them never turns checkpointing on (which costs more than dequantizing):
+    (memory.room_beside_activations), so that keeping them never turns checkpointing on (which costs more than
+    dequantizing):
     on an 80 GB GPU, all the seed decoders (Qwen1.5-14B: 25.2 GB); on a 12 or 24 GB card, not the 7B and 14B."""
     need = dequantized_bytes(bases, dtype)
     if not need:
@@ -187,13 +188,12 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
-def install(model: nn.Module, keep_weight: torch.dtype | None = None) -> int:
+def install(model: nn.Module, keep_weight: torch.dtype | None = None, free_bytes: int | None = None) -> int:
     """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many. With
-    ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`)."""
-    from .activations import free_memory_bytes
-
+    ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`); else their block
+    scales are, where they fit in ``free_bytes`` (:func:`keep_scales`)."""
     layers = fused_layers(model)
-    keep = keep_weight is None and keep_scales([layer.get_base_layer() for layer in layers], free_memory_bytes())
+    keep = keep_weight is None and keep_scales([layer.get_base_layer() for layer in layers], free_bytes)
     for layer in layers:
         layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep, keep_weight)
         layer.forward = types.MethodType(fused_forward, layer)
@@ -211,22 +211,3 @@ def fusable(base: nn.Module) -> bool:
     if any(p.requires_grad for p in base.parameters(recurse=False)):
         return False
     return not hasattr(base.weight, "quant_state") or base.weight.quant_state is not None
-
-
-def apply(spec, model: nn.Module) -> list[str]:
-    """The spec's ``fused_lora`` (and ``keep_dequantized``) for a model about to train: what was done, for the record;
-    nothing where not asked for, without LoRA layers, with compiled layers, which inductor fuses itself, or on the
-    unsloth backend, which has its own."""
-    from . import activations
-    from .modeling import compute_dtype, transformers_model
-
-    if not spec.train.fused_lora or spec.train.torch_compile or transformers_model(model) is None:
-        return []
-    dtype = compute_dtype(spec)
-    bases = [layer.get_base_layer() for layer in fused_layers(model)]
-    kept = keep_weights(spec.train.keep_dequantized, bases, dtype, activations.room(spec, model))
-    n = install(model, dtype if kept else None)
-    if not n:
-        return []
-    kept_as = f"{str(dtype).removeprefix('torch.')}, {dequantized_bytes(bases, dtype) / 1e9:.1f} GB"
-    return [f"fused LoRA: {n} projections"] + ([f"dequantized once: 4-bit weights kept ({kept_as})"] if kept else [])

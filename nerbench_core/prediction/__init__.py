@@ -1,0 +1,1 @@
+"""Prediction: turning model output into word-level IOB2 tags."""

@@ -1,0 +1,71 @@
+"""What a paradigm contributes to the one training path: its training inputs and how it predicts tags.
+
+``head`` (the default): words -> sub-tokens with labels on first sub-tokens; a linear head's argmax per first
+sub-token. ``generative`` (decoders): prompts with the sentence and targets with its entities written out; batched
+greedy generation, parsed back into tags (prediction.generative). Both give word-level IOB2 tags of the same words,
+scored by the same seqeval path.
+"""
+from __future__ import annotations
+
+from transformers import DataCollatorForTokenClassification
+
+from ..data import SPLITS, NerDataset
+from ..features import EncodedSplit, WordEncoder
+from ..precision import autocast_dtype
+from ..reporting.predictions import SplitPredictions
+from ..specs import ModelSpec
+from .head import Predictions, predict_tags
+
+
+class Task:
+    """Training inputs and predictions of one case on one data set."""
+
+    def __init__(self, spec: ModelSpec, built, dataset: NerDataset):
+        self.spec, self.built, self.dataset = spec, built, dataset
+        self.splits: dict[str, EncodedSplit] = {}
+
+    @property
+    def train_split(self) -> EncodedSplit:
+        return self.splits["train"]
+
+    def gold(self, name: str) -> list[list[str]]:
+        return [list(s.tags) for s in self.dataset[name]]
+
+    def predict(self, model, name: str) -> Predictions:
+        raise NotImplementedError
+
+    def saved(self, predictions: Predictions, name: str) -> SplitPredictions:
+        """The predictions as saved beside the record: words, gold and predicted tags, documents."""
+        sentences = self.dataset[name]
+        return SplitPredictions([list(s.words) for s in sentences], self.gold(name), predictions.tags,
+                                [s.doc for s in sentences])
+
+    @property
+    def windowed_words(self) -> dict[str, int]:
+        return {k: v.windowed_words for k, v in self.splits.items()}
+
+    @property
+    def truncated_subtokens(self) -> dict[str, int]:
+        return {k: v.truncated_subtokens for k, v in self.splits.items()}
+
+
+class HeadTask(Task):
+    def __init__(self, spec: ModelSpec, built, dataset: NerDataset):
+        super().__init__(spec, built, dataset)
+        self.id2label = dict(enumerate(dataset.labels))
+        label2id = {label: i for i, label in self.id2label.items()}
+        encoder = WordEncoder(built.tokenizer, spec.train.max_length, context=spec.context_sentences)
+        self.splits = {name: encoder.encode(dataset[name], label2id) for name in SPLITS}
+        self.collate = DataCollatorForTokenClassification(built.tokenizer, return_tensors="pt")
+
+    def predict(self, model, name: str) -> Predictions:
+        return predict_tags(model, self.splits[name], self.id2label, self.collate, self.spec.train.eval_batch_size,
+                            autocast_dtype(self.spec))
+
+
+def task_for(spec: ModelSpec, built, dataset: NerDataset) -> Task:
+    if spec.paradigm == "generative":
+        from .generative import GenerativeTask
+
+        return GenerativeTask(spec, built, dataset)
+    return HeadTask(spec, built, dataset)

@@ -1,0 +1,102 @@
+"""Tables, verdicts, exports and plots from stored records alone (no training, no torch).
+
+    python -m nerbench_core.report RESULTS_DIR_OR_FILE [...] [--mode quick|full] [--columns COLS]
+        [--format csv|json|markdown|html|latex] [--compare BASELINES] [--versus A B] [--export FILE]
+        [--plot DIR] [--cost [--baseline LABEL]] [--time] [--save-baselines FILE]
+
+Folders from several hosts (or shards) are merged; for each case and run key the newest record counts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .baselines import Baselines, BaselinesError
+from .compare import CompareError, versus
+from .exports import FORMATS, export_run, render_as
+from .store import load_records
+from .summary import LEGEND, rows_for
+from .table import Row, columns_for, render_cost, render_time
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nerbench report", description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="+", help="result folders or record/baseline JSON files")
+    ap.add_argument("--mode", choices=["quick", "full"], help="only records of this mode")
+    ap.add_argument("--columns", default="default", help="default (fits 120 characters), all, cost, time, or a "
+                                                         "comma-separated list of column names")
+    ap.add_argument("--format", default="markdown", help=f"one of {', '.join(FORMATS)}")
+    ap.add_argument("--compare", metavar="BASELINES", help="baselines file: add the F1 change per case")
+    ap.add_argument("--versus", nargs=2, metavar=("A", "B"), help="is A really better than B? (a paired verdict)")
+    ap.add_argument("--resamples", type=int, default=10000, help="with --versus: bootstrap and randomization draws")
+    ap.add_argument("--export", metavar="FILE", help="write the records and the table as one JSON file")
+    ap.add_argument("--plot", metavar="DIR", help="draw the figures (and a Markdown page of them) into DIR")
+    ap.add_argument("--save-baselines", metavar="FILE", help="merge these records into a baselines file")
+    ap.add_argument("--cost", action="store_true", help="the speed and memory table (set-up, steady tok/s, MFU)")
+    ap.add_argument("--baseline", metavar="LABEL", help="with --cost: ratios against the record of this --label")
+    ap.add_argument("--time", action="store_true", help="each case's build, training and scoring time and its share")
+    return ap
+
+
+def pick(rows: list[Row], name: str, ap) -> Row:
+    """The row of case ``name`` (``name@label`` where labels tell runs of one case apart)."""
+    case, _, label = name.partition("@")
+    found = [r for r in rows if r.first.case == case and (not label or r.first.label == label)]
+    if not found:
+        ap.error(f"--versus: no records of {name!r} (cases: {', '.join(sorted({r.first.case for r in rows}))})")
+    if len(found) > 1:
+        ap.error(f"--versus: {name!r} has runs of several set-ups or data ({len(found)}): name one as CASE@LABEL "
+                 "or choose --mode")
+    return found[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.format not in FORMATS:
+        ap.error(f"--format {args.format!r}: expected one of {', '.join(FORMATS)}")
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        ap.error(f"not found: {', '.join(missing)}")
+    try:
+        records = [r for r in load_records(args.paths) if args.mode in (None, r.mode)]
+        baselines = Baselines.load(args.compare) if args.compare else None
+    except BaselinesError as err:
+        ap.error(str(err))
+    if not records:
+        print("nerbench: no records in " + ", ".join(args.paths), file=sys.stderr)
+        return 1
+    if args.cost or args.time:
+        print(render_cost(records, args.baseline) if args.cost else render_time(records))
+        return 0
+    rows = rows_for(records, baselines, versus_best=not args.versus)
+    if args.versus:
+        a, b = (pick(rows, name, ap) for name in args.versus)
+        try:
+            result = versus(a, b, args.resamples, *args.versus)
+        except CompareError as err:
+            print(f"nerbench: {err}", file=sys.stderr)
+            return 2
+        print(result.sentence)
+        return 0
+    try:
+        columns_for(args.columns, rows)
+    except ValueError as err:
+        ap.error(str(err))
+    print(render_as(rows, args.format, args.columns))
+    if args.format == "markdown" and any(r.versus_best for r in rows):
+        print(LEGEND)
+    if args.export:
+        print(f"export: {export_run(args.export, rows)}", file=sys.stderr)
+    if args.plot:
+        from .plots import plot_all
+
+        print(f"plots: {plot_all(rows, Path(args.plot))}", file=sys.stderr)
+    if args.save_baselines:
+        print(f"baselines: {Baselines.load(args.save_baselines).merge(records)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
