@@ -172,8 +172,9 @@ class ModelSpec:
                             "or digit (it names files)")
         if self.backend not in CHOICES:
             raise SpecError(f"{where}: backend {self.backend!r} is not one of {', '.join(CHOICES)}")
-        if self.paradigm == "generative" and not self.is_decoder:
-            raise SpecError(f"{where}: paradigm 'generative' is for decoders")
+        if self.paradigm == "generative" and (not self.is_decoder or self.attention != "causal"):
+            raise SpecError(f"{where}: paradigm 'generative' is for decoders with causal attention (they write "
+                            "their output left to right)")
         if self.paradigm == "generative":
             from .prediction.formats import FORMATS
 
