@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from .startup import UNAVAILABLE, StartupError, is_worker, uses_xdist
+
 BASELINES = Path(__file__).resolve().parent.parent / "bench" / "baselines.json"
-UNAVAILABLE = "nerbench: cannot run here: "  # the skip reason of a case whose model or data cannot be had
 _KEY = pytest.StashKey()
 
 
@@ -102,204 +102,38 @@ def _session(config):
     return _run(config).session
 
 
-def _is_worker(config) -> bool:
-    return hasattr(config, "workerinput")
-
-
-def _uses_xdist(config) -> bool:
-    return bool(getattr(config.option, "numprocesses", None)) and not _is_worker(config)
-
-
-def bench_requested(config) -> bool:
-    """Whether this run names benchmark cases (bench/ or a bench test file), not only the project's own tests."""
-    for arg in config.args:
-        path = Path(arg.split("::")[0])
-        if path.name.startswith("test_ner") or (path.is_dir() and any(path.glob("test_ner*.py"))):
-            return True
-    return False
-
-
-def worker_gpu(worker: str, gpus: list[str]) -> str | None:
-    """Worker gwN gets the N-th GPU of the list, round robin (more workers than GPUs share them)."""
-    gpus = [g.strip() for g in gpus if g.strip()]
-    return gpus[int(worker.removeprefix("gw")) % len(gpus)] if gpus else None
-
-
-def _visible_gpus() -> list[str]:
-    if not shutil.which("nvidia-smi"):
-        return []
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout  # does not touch CUDA here
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
-def _pin_gpu(config) -> int:
-    """One process, one GPU, chosen before anything initializes CUDA here: an xdist worker gets its own (round
-    robin), a single process the first of --gpus (without this the Trainer wraps the model in DataParallel over
-    every visible GPU, which the token-classification losses do not support). Returns how many workers share it."""
-    ids = config.getoption("--gpus") or os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = [g.strip() for g in ids.split(",") if g.strip()] if ids else _visible_gpus()
-    worker = getattr(config, "workerinput", {}).get("workerid")
-    if worker is None:
-        if len(gpus) > 1 and not _uses_xdist(config):
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
-        return 1
-    gpu = worker_gpu(worker, gpus)
-    if gpu is None:
-        return 1
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    count = int(config.workerinput.get("workercount", 1))
-    return sum(worker_gpu(f"gw{i}", gpus) == gpu for i in range(count))
-
-
-def _preload_unsloth(config) -> None:
-    """unsloth patches transformers when imported and must come before it; it raises without CUDA.
-
-    It is imported only when a case of this run asks for it: its patches would change the hf cases too.
-    """
-    import importlib.util
-
-    import torch
-
-    from .specs import SpecError, resolve_suite
-
-    if not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None:
-        return
-    backend = config.getoption("--backend")
-    try:
-        wanted = backend == "unsloth" or (backend is None and any(
-            s.backend == "unsloth" for s in resolve_suite(config.getoption("--suite"))))
-    except SpecError:  # reported when the cases are collected
-        wanted = False
-    if wanted:
-        import unsloth  # noqa: F401
-
-
-def _options(config, shared_by: int):
-    from .options import RunOptions
-    from .specs import SpecError, parse_override
-
-    opt = config.getoption
-    overrides = {k: v for k, v in {"backend": opt("--backend"), "epochs": opt("--epochs")}.items() if v is not None}
-    try:
-        overrides.update(parse_override(text) for text in opt("nerbench_set"))
-        if opt("--epochs") is not None:
-            parse_override(f"epochs={opt('--epochs')}")
-    except SpecError as err:
-        raise pytest.UsageError(str(err)) from None
-    if opt("--gpu-memory") is not None and opt("--gpu-memory") <= 0:
-        raise pytest.UsageError(f"--gpu-memory {opt('--gpu-memory')}: expected a size in GB > 0")
-
-    def folder(name):
-        return Path(opt(name)).resolve() if opt(name) else None
-
-    tokenizers = os.environ.get("NERBENCH_TOKENIZERS")
-    return RunOptions(cache_dir=folder("--cache-dir"), quick=opt("--quick"), synthetic=opt("--synthetic"),
-                      gpu_peak_tflops=opt("--gpu-peak-tflops"), gpu_memory_gb=opt("--gpu-memory"),
-                      gpu_shared_by=shared_by, tokenizers_dir=Path(tokenizers) if tokenizers else None,
-                      save_models=folder("--save-models"), profile_dir=folder("--profile"), label=opt("--label"),
-                      report_to=opt("--report-to"), progress=config.option.verbose >= 0, overrides=overrides)
-
-
-def _check_before_training(config, options) -> None:
-    """Everything that can be known wrong before a model loads, each reported once, naming the option or file."""
-    from . import atomic
-    from .reporting.baselines import Baselines, BaselinesError
-    from .reporting.table import columns_for
-    from .specs import SpecError, resolve_suite
-
-    opt = config.getoption
-    try:
-        resolve_suite(opt("--suite"))
-    except SpecError as err:
-        raise pytest.UsageError(str(err)) from None
-    if opt("--seeds") is not None:
-        _seeds(config)
-    folders = [("--results-dir", Path(opt("--results-dir"))), ("--cache-dir", options.cache_dir)]
-    folders += [(name, Path(opt(name))) for name in ("--save-models", "--profile") if opt(name)]
-    for name, path in folders:
-        problem = atomic.check_writable(path, name)
-        if problem:
-            raise pytest.UsageError(problem)
-    for name in ("--compare", "--save-baselines"):
-        path = opt(name)
-        if path is None:
-            continue
-        if name == "--compare" and not Path(path).is_file():
-            raise pytest.UsageError(f"--compare {path}: baselines file not found (--save-baselines writes one)")
-        try:
-            Baselines.load(path)
-        except BaselinesError as err:
-            raise pytest.UsageError(f"{name}: {err}") from None
-        if name == "--save-baselines":
-            problem = atomic.check_writable(Path(path).resolve().parent, name)
-            if problem:
-                raise pytest.UsageError(problem)
-    if opt("--export"):
-        problem = atomic.check_writable(Path(opt("--export")).resolve().parent, "--export")
-        if problem:
-            raise pytest.UsageError(problem)
-    try:
-        columns_for(opt("--columns"), [])
-    except ValueError as err:
-        raise pytest.UsageError(str(err)) from None
-
-
-def _seeds(config) -> tuple[int, ...] | None:
-    text = config.getoption("--seeds")
-    if text is None:
-        return None
-    try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise pytest.UsageError(f"--seeds {text!r}: expected a comma-separated list of integers, e.g. 42,43,44") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise pytest.UsageError(f"--seeds {text!r}: expected distinct integers, e.g. 42,43,44")
-    return seeds
-
-
-def _load_data(config, options):
-    """The dataset, read, validated and cached once, before any case: a bad file stops the run with one message
-    (file:line: what); data that cannot be had stops it too, unless --skip-unavailable."""
-    from .data import DEFAULT_HUB_DATASET, ConllFormatError, load_cached
-
-    opt = config.getoption
-    try:
-        return load_cached(opt("--data-dir"), options.cache_dir, opt("--hub-dataset") or DEFAULT_HUB_DATASET)
-    except ConllFormatError as err:
-        raise pytest.UsageError(f"bad data: {err}") from None
-    except Exception as err:
-        if opt("--data-dir"):
-            raise pytest.UsageError(f"--data-dir {opt('--data-dir')}: {type(err).__name__}: {err}") from None
-        reason = (f"no data: the hub dataset cannot be had ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                  "give local files with --data-dir or NERBENCH_DATA_DIR")
-        if opt("--skip-unavailable"):
-            return reason
-        raise pytest.UsageError(reason + " (or --skip-unavailable to skip the cases)") from None
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "bench: a benchmark case (fine-tunes a model)")
     config.addinivalue_line("markers", "encoder: encoder model case")
     config.addinivalue_line("markers", "decoder: decoder model case")
-    shared_by = _pin_gpu(config)
-    # Variable-shape batches fragment the caching allocator: growable segments keep reserved memory near what
-    # is allocated (read when CUDA first allocates; a user's own setting wins).
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    _preload_unsloth(config)
+    try:
+        config.stash[_KEY] = _start(config)
+    except StartupError as err:
+        raise pytest.UsageError(str(err)) from None
+    _RUNS.append(config.stash[_KEY])
+
+
+def _start(config) -> _Run:
+    from . import startup
     from .reporting.baselines import Baselines
     from .reporting.environment import CODE_DIR, git_commit
     from .session import Session
 
+    shared_by = startup.pin_gpu(config)  # before anything initializes CUDA in this process
+    # Variable-shape batches fragment the caching allocator: growable segments keep reserved memory near what
+    # is allocated (read when CUDA first allocates; a user's own setting wins).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    startup.preload_unsloth(config)
     git_commit(CODE_DIR)  # the code's commit as this run starts: records carry it, whatever happens later
-    options = _options(config, shared_by)
-    requested = bench_requested(config)
-    if requested and not _is_worker(config):
-        _check_before_training(config, options)
+    options = startup.run_options(config, shared_by)
+    checked_here = startup.bench_requested(config) and not is_worker(config)  # workers: the controller checked
+    if checked_here:
+        startup.check_before_training(config, options)
     opt = config.getoption
     baselines = Baselines.load(opt("--compare"), opt("--compare-fail")) if opt("--compare") else None
     session = Session(options, Path(opt("--results-dir")).resolve(), rerun=opt("--rerun"), baselines=baselines)
     session.progress = _progress_sink(config) if options.progress else None
-    config.stash[_KEY] = _Run(session, _load_data(config, options) if requested and not _is_worker(config) else None)
+    return _Run(session, startup.load_data(config, options) if checked_here else None)
 
 
 # ---------------------------------------------------------------- the cases
@@ -314,7 +148,12 @@ def pytest_generate_tests(metafunc):
         specs = resolve_suite(metafunc.config.getoption("--suite"))
     except SpecError as err:
         raise pytest.UsageError(str(err)) from None
-    forced = _seeds(metafunc.config)
+    from .startup import seeds_option
+
+    try:
+        forced = seeds_option(metafunc.config)
+    except StartupError as err:
+        raise pytest.UsageError(str(err)) from None
     params = []
     for spec in specs:
         seeds = forced or spec.run_seeds
@@ -382,7 +221,7 @@ def _progress_sink(config):
     folder = getattr(config, "workerinput", {}).get("nerbench_progress")
     if folder:
         return FileSink(Path(folder) / f"{config.workerinput['workerid']}.jsonl").for_case
-    if _is_worker(config):
+    if is_worker(config):
         return None
 
     def for_case(case: str):
@@ -418,7 +257,7 @@ def pytest_configure_node(node):
 def pytest_sessionstart(session):
     config = session.config
     run = _run(config)
-    if _uses_xdist(config) and run.session.options.progress:
+    if uses_xdist(config) and run.session.options.progress:
         from .progress import Tail, describe
 
         run.progress_dir = run.progress_dir or Path(tempfile.mkdtemp(prefix="nerbench-progress-"))
@@ -473,6 +312,19 @@ def pytest_sessionfinish(session):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a green run must mean every selected case ran
 
 
+def pytest_keyboard_interrupt(excinfo):
+    """Ctrl-C: say which case was cut off and that nothing was recorded for it (records are written whole or not
+    at all); a long LoRA case keeps its last complete epoch and continues from it next time."""
+    for run in _RUNS:
+        cases = [run.session.running] if run.session.running else ["the cases in progress"]
+        for case in cases:
+            print(f"\nnerbench: interrupted in case {case}: nothing was recorded for it (finished cases keep their "
+                  "records; a full-data LoRA case continues from its last complete epoch next time)", flush=True)
+
+
+_RUNS: list[_Run] = []  # this process's runs, for the interrupt hook (it is given no config)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     from .reporting.records import RunRecord
@@ -491,7 +343,7 @@ def pytest_handlecrashitem(crashitem, report, sched):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    if _is_worker(config):
+    if is_worker(config):
         return
     run = _run(config)
     tr = terminalreporter

@@ -4,7 +4,6 @@ No pytest here: the plugin creates one of these and its hooks call into it.
 """
 from __future__ import annotations
 
-import sys
 import traceback
 import uuid
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ class Session:
         self.records: list[RunRecord] = []
         # case label -> its progress reporter (the plugin's: terminal lines, or an xdist worker's file)
         self.progress: Callable[[str], Callable[[dict], None]] | None = None
+        self.running: str | None = None  # the case being trained now
 
     def run(self, spec: ModelSpec, dataset: NerDataset) -> Outcome:
         """Run one case (its spec seeded), or reuse its stored record; a failure is recorded before it is raised."""
@@ -66,19 +66,15 @@ class Session:
                 self.records.append(judge(stored))
                 return Outcome(stored, reused=True)
             failed: RunRecord | None = None
-            report = self.progress(f"{spec.name} (seed {run_spec.train.seed})") if self.progress else None
+            label = f"{spec.name} (seed {run_spec.train.seed})"
+            report = self.progress(label) if self.progress else None
+            self.running = label  # what an interruption (Ctrl-C) stops: the plugin names it
             try:
                 result = run_case(run_spec, dataset, self.options, report)
             except ModelUnavailable as err:
                 record = new_record(run_spec, dataset, self.options, "skipped", error=str(err))
                 self.records.append(record)
                 return Outcome(record, skipped=str(err))
-            except KeyboardInterrupt:
-                print(f"\nnerbench: interrupted in case {spec.name} (seed {run_spec.train.seed}): nothing was "
-                      "recorded for it" + (" (its last complete epoch is kept and resumed next time)"
-                                           if not self.options.quick and spec.method != "full" else ""),
-                      file=sys.stderr, flush=True)
-                raise
             except Exception as err:  # the case fails with its reason; the next case runs on
                 failed = new_record(run_spec, dataset, self.options, "failed", error=error_reason(err))
                 failed.cost["traceback"] = traceback.format_exc()[-4000:]
@@ -90,6 +86,7 @@ class Session:
                 self.records.append(failed)
                 raise CaseFailed(f"{failed.error}\n{failed.cost['traceback']}")
             self.store.write(result.record, result.predictions)
+            self.running = None
             self.records.append(result.record)
             return Outcome(result.record)
 

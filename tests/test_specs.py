@@ -8,8 +8,11 @@ from nerbench_core.specs import SpecError, load_suite, resolve_suite
 
 def test_seed_suite_is_bert_and_five_qwen_models():
     specs = resolve_suite("seed")
-    assert [s.name for s in specs] == ["bert-base-cased", "qwen1.5-0.5b", "qwen1.5-1.8b", "qwen1.5-4b",
-                                       "qwen1.5-7b", "qwen1.5-14b"]
+    sizes = ["0.5b", "1.8b", "4b", "7b", "14b"]
+    assert [s.name for s in specs] == (["bert-base-cased"] + [f"qwen1.5-{n}" for n in sizes]
+                                       + [f"qwen1.5-{n}-generative" for n in sizes])
+    assert {s.paradigm for s in specs[6:]} == {"generative"} and {s.architecture for s in specs[6:]} == {
+        s.architecture for s in specs[1:6]}  # the same five models, writing their entities out
     bert, qwen7, qwen14 = specs[0], specs[4], specs[5]
     assert (bert.method, bert.train.epochs) == ("full", 3.0)
     assert (qwen7.model, qwen7.method, qwen7.train.learning_rate, qwen7.lora.r, qwen7.lora.alpha) == (
@@ -111,7 +114,7 @@ def test_token_budget_batches_respect_the_budget_and_cover_every_sentence():
 
 
 def test_xdist_workers_get_gpus_round_robin():
-    from nerbench_core.plugin import worker_gpu
+    from nerbench_core.startup import worker_gpu
 
     assert [worker_gpu(f"gw{i}", ["0", "1"]) for i in range(4)] == ["0", "1", "0", "1"]
     assert worker_gpu("gw1", "2, 3".split(",")) == "3"  # from --gpus or CUDA_VISIBLE_DEVICES
@@ -122,23 +125,23 @@ def test_xdist_workers_get_gpus_round_robin():
 def test_each_worker_knows_how_many_share_its_gpu(monkeypatch, worker, gpu, shared_by):
     from types import SimpleNamespace
 
-    from nerbench_core.plugin import _pin_gpu
+    from nerbench_core.startup import pin_gpu
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     config = SimpleNamespace(workerinput={"workerid": worker, "workercount": 3}, getoption=lambda name: "0,1")
     # three workers on two GPUs: gw0 and gw2 split GPU 0
-    assert (_pin_gpu(config), os.environ["CUDA_VISIBLE_DEVICES"]) == (shared_by, gpu)
+    assert (pin_gpu(config), os.environ["CUDA_VISIBLE_DEVICES"]) == (shared_by, gpu)
 
 
 def test_one_process_uses_one_gpu(monkeypatch):
     """Without -n, the first of several visible GPUs: the Trainer would otherwise wrap the model in DataParallel."""
     from types import SimpleNamespace
 
-    from nerbench_core.plugin import _pin_gpu
+    from nerbench_core.startup import pin_gpu
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     config = SimpleNamespace(option=SimpleNamespace(numprocesses=None), getoption=lambda name: None)
-    assert _pin_gpu(config) == 1 and os.environ["CUDA_VISIBLE_DEVICES"] == "2"
+    assert pin_gpu(config) == 1 and os.environ["CUDA_VISIBLE_DEVICES"] == "2"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     config.option.numprocesses = 2  # the xdist controller trains nothing: its workers pin their own
-    assert _pin_gpu(config) == 1 and os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert pin_gpu(config) == 1 and os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"

