@@ -42,6 +42,15 @@ def test_explicit_settings_and_unknown_memory():
     assert tokens_per_step(TrainConfig(batch_size=4096, max_tokens_per_batch=1024)) == 1024
 
 
+def test_the_generative_paradigm_counts_the_vocabulary_logits():
+    """A causal LM's loss holds logits over its whole vocabulary: Qwen1.5-7B at 4,096 tokens, 151,936 words, bf16
+    logits with their float32 copy and gradient: 6.2 GB more than the token classifier's step."""
+    qwen = SimpleNamespace(**vars(QWEN_7B), vocab_size=151936)
+    head = room_beside_activations(qwen, 4096, 74 * GiB)
+    generative = room_beside_activations(qwen, 4096, 74 * GiB, lm_head=True)
+    assert abs((head - generative) - 4096 * 151936 * 10 * 1.25) <= 1  # with the estimate's margin
+
+
 def test_the_plan_reads_the_loaded_model_and_its_spec(tmp_path):
     from nerbench_core.accel.plan import plan
     from nerbench_core.specs import ModelSpec

@@ -48,3 +48,73 @@ def test_a_word_the_tokenizer_erases_still_gets_a_position(tmp_path):
     enc = WordEncoder(tok, max_length=16)
     (e,) = enc.encode([Sentence(("John", "\u200b", "Paris"), ("B-PER", "O", "B-LOC"))], LABELS).examples
     assert len(e.first_tokens) == 3 and e.input_ids[e.first_tokens[1]] == tok.unk_token_id
+
+
+def document(*docs: list[str]) -> list[Sentence]:
+    """Sentences of documents, each written "word/TAG word ..." (tag O where none is given)."""
+    out = []
+    for d, doc in enumerate(docs):
+        for text in doc:
+            words, tags = zip(*[w.split("/") if "/" in w else (w, "O") for w in text.split()])
+            out.append(Sentence(words, tags, doc=d))
+    return out
+
+
+def pieces_of(tok, e) -> list[str]:
+    return tok.convert_ids_to_tokens(e.input_ids)
+
+
+def test_document_context_stops_at_the_document_edges(tmp_path):
+    tok = bert_tokenizer(tmp_path)
+    sentences = document(["John/B-PER said", "Mary/B-PER won", "Paris/B-LOC ."], ["Oslo/B-LOC said", "Lima won"])
+    out = WordEncoder(tok, max_length=64, context=2).encode(sentences, LABELS)
+    assert [pieces_of(tok, e) for e in out.examples] == [
+        ["[CLS]", "John", "said", "Mary", "won", "Paris", ".", "[SEP]"],  # a document's first: context after only
+        ["[CLS]", "John", "said", "Mary", "won", "Paris", ".", "[SEP]"],
+        ["[CLS]", "John", "said", "Mary", "won", "Paris", ".", "[SEP]"],  # its last: not the next document's first
+        ["[CLS]", "Oslo", "said", "Lima", "won", "[SEP]"],  # the next one's first: not the previous one's last
+        ["[CLS]", "Oslo", "said", "Lima", "won", "[SEP]"],
+    ]
+    for e, s in zip(out.examples, sentences):
+        # first_tokens point at the target sentence's own words, and only they carry labels
+        assert [pieces_of(tok, e)[i] for i in e.first_tokens] == list(s.words)
+        assert [i for i, label in enumerate(e.labels) if label != IGNORE] == e.first_tokens
+        assert [e.labels[i] for i in e.first_tokens] == [LABELS[t] for t in s.tags]
+    assert [e.first_tokens for e in out.examples] == [[1, 2], [3, 4], [5, 6], [1, 2], [3, 4]]
+
+
+def test_document_context_takes_at_most_n_sentences_on_each_side(tmp_path):
+    tok = bert_tokenizer(tmp_path)
+    sentences = document(["John", "Mary", "Paris", "Oslo", "Lima"])
+    out = WordEncoder(tok, max_length=64, context=1).encode(sentences, LABELS)
+    assert pieces_of(tok, out.examples[2]) == ["[CLS]", "Mary", "Paris", "Oslo", "[SEP]"]
+    assert out.examples[2].first_tokens == [2]
+    no_context = WordEncoder(tok, max_length=64).encode(sentences, LABELS)
+    assert pieces_of(tok, no_context.examples[2]) == ["[CLS]", "Paris", "[SEP]"]
+
+
+def test_document_context_is_trimmed_to_max_length_keeping_the_nearest_tokens(tmp_path):
+    tok = bert_tokenizer(tmp_path)
+    before, after = "John Mary Ahmed Li Olga Pedro", "Smith Jones Khan Wei Petrova Garcia"
+    sentences = document([before, "Paris/B-LOC", after], ["Oslo", "Lima/B-LOC", after])
+    out = WordEncoder(tok, max_length=9, context=1).encode(sentences, LABELS)  # room for 6 context tokens
+    middle, short_left = out.examples[1], out.examples[4]
+    # half the room on each side, the tokens nearest the sentence
+    assert pieces_of(tok, middle) == ["[CLS]", "Li", "Olga", "Pedro", "Paris", "Smith", "Jones", "Khan", "[SEP]"]
+    assert middle.first_tokens == [4] and middle.labels == [IGNORE] * 4 + [LABELS["B-LOC"]] + [IGNORE] * 4
+    # a side that needs less leaves the rest of the room to the other
+    assert pieces_of(tok, short_left) == ["[CLS]", "Oslo", "Lima", "Smith", "Jones", "Khan", "Wei", "Petrova", "[SEP]"]
+    assert short_left.first_tokens == [2]
+    assert all(len(e.input_ids) <= 9 for e in out.examples)
+
+
+def test_a_window_that_fills_max_length_takes_no_context(tmp_path):
+    tok = bert_tokenizer(tmp_path)
+    sentences = document(["Tokyo", "John Smiths Paris Oslo Lima", "Berlin"])
+    out = WordEncoder(tok, max_length=6, context=1).encode(sentences, LABELS)  # 4 tokens between [CLS] and [SEP]
+    windows = [e for e in out.examples if e.sentence == 1]
+    assert [e.word_start for e in windows] == [0, 3] and out.windowed_words == 2
+    assert pieces_of(tok, windows[0]) == ["[CLS]", "John", "Smith", "##s", "Paris", "[SEP]"]  # full: no context
+    # a shorter window: the neighbouring sentences fill the room it leaves
+    assert pieces_of(tok, windows[1]) == ["[CLS]", "Tokyo", "Oslo", "Lima", "Berlin", "[SEP]"]
+    assert windows[1].first_tokens == [2, 3]

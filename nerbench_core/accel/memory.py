@@ -72,12 +72,22 @@ def capped(free: int, cap: int | None, reserved: int) -> int:
     return free if cap is None else max(0, min(free, cap - reserved))
 
 
-def room_beside_activations(config, tokens: int, free_bytes: int | None, bytes_per_value: int = 2) -> int | None:
-    """Memory left once a step's activations without checkpointing (with the margin and reserve) are set aside from
-    ``free_bytes``; negative where they do not fit, None where it cannot be known."""
+def logits_bytes(config, tokens: int, bytes_per_value: int = 2) -> int:
+    """A language-model head's share of a step (the generative paradigm): the logits over the whole vocabulary, their
+    float32 copy in the loss and its gradient."""
+    return tokens * config.vocab_size * (bytes_per_value + 4 + 4)
+
+
+def room_beside_activations(config, tokens: int, free_bytes: int | None, bytes_per_value: int = 2,
+                            lm_head: bool = False) -> int | None:
+    """Memory left once a step's activations without checkpointing (with the margin and reserve; with ``lm_head``
+    the vocabulary's logits too) are set aside from ``free_bytes``; negative where they do not fit, None where it
+    cannot be known."""
     if config is None or free_bytes is None:
         return None
-    return free_bytes - int(activation_bytes(config, tokens, bytes_per_value) * MARGIN) - RESERVE_BYTES
+    need = activation_bytes(config, tokens, bytes_per_value) + (logits_bytes(config, tokens, bytes_per_value)
+                                                                if lm_head else 0)
+    return free_bytes - int(need * MARGIN) - RESERVE_BYTES
 
 
 def use_checkpointing(setting: bool | str, room: int | None) -> bool:

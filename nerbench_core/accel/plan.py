@@ -88,8 +88,8 @@ def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
 
     # the step's activations without checkpointing, against the memory left once the model is loaded
     tokens = memory.tokens_per_step(t)
-    room = (memory.room_beside_activations(base.config, tokens, free, torch.finfo(dtype).bits // 8)
-            if base is not None else None)
+    room = (memory.room_beside_activations(base.config, tokens, free, torch.finfo(dtype).bits // 8,
+                                          lm_head=spec.paradigm == "generative") if base is not None else None)
     bases = [layer.get_base_layer() for layer in layers]
     need = lora_kernels.dequantized_bytes(bases, dtype)
     keep = fused.on and lora_kernels.keep_weights(t.keep_dequantized, bases, dtype, room)

@@ -4,6 +4,11 @@ One function per concern, each driven by a spec field:
   location  (hub id, folder, package:NAME/path, GGUF file)  -> :mod:`.locations`
   method    (full, lora, qlora)                              -> :func:`quantization_config`, :func:`add_lora`
   attention (causal, bidirectional[, last k])                -> :mod:`.attention`
+  paradigm  (head, generative)                               -> :func:`model_class`, :func:`lora_config`
+
+The generative paradigm loads the causal LM itself (its ``lm_head`` writes the answer) and keeps transformers' own
+causal attention with its padding mask (generation pads on the left, which :mod:`.attention`'s hooks do not allow
+for). Under LoRA and QLoRA it trains the adapter alone: the LM head stays frozen, and out of 4-bit quantization.
 """
 from __future__ import annotations
 
@@ -36,6 +41,13 @@ def cast_head_input(model: nn.Module, head: str) -> None:
             module.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype), *args[1:]))
 
 
+LM_HEAD = "lm_head"  # the generative paradigm's head: the causal LM's own output layer
+
+
+def generative(spec: ModelSpec) -> bool:
+    return spec.paradigm == "generative"
+
+
 def quantization_config(spec: ModelSpec):
     """NF4 with double quantization for qlora; the head stays in full precision (and out of LoRA)."""
     if spec.method != "qlora":
@@ -47,13 +59,22 @@ def quantization_config(spec: ModelSpec):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(spec),
-        llm_int8_skip_modules=list(HEAD_NAMES),
+        # naming modules replaces transformers' default list, which is what keeps a causal LM's lm_head unquantized
+        llm_int8_skip_modules=[LM_HEAD] if generative(spec) else list(HEAD_NAMES),
     )
 
 
+def model_class(spec: ModelSpec):
+    """A token classifier (head paradigm) or the causal LM (generative)."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    return AutoModelForCausalLM if generative(spec) else AutoModelForTokenClassification
+
+
 def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
-    """LoRA on the spec's projections; the head is trained in full and saved with the adapter."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    """LoRA on the spec's projections; a token-classification head is trained in full and saved with the adapter
+    (the generative paradigm's lm_head stays frozen)."""
+    from peft import get_peft_model
 
     # No peft prepare_model_for_kbit_training for QLoRA: peft freezes the base itself, and that function's float32
     # upcast of the unquantized weights is what we avoid. Measured on Qwen1.5-7B (H100, torch.profiler,
@@ -61,19 +82,26 @@ def add_lora(model: nn.Module, spec: ModelSpec, head: str) -> nn.Module:
     # dequantized weight to float32 and autocast casts it back, a tenth of the GPU time; and a float32 copy of
     # the embedding table costs 3 GB on Qwen1.5-14B. The norms compute in float32 inside anyway, and the trained
     # weights (LoRA, head) are float32 (upcast_trainable).
+    model = get_peft_model(model, lora_config(spec, head))
+    upcast_trainable(model)
+    if not generative(spec):
+        cast_head_input(model, head)
+    return model
+
+
+def lora_config(spec: ModelSpec, head: str):
+    from peft import LoraConfig, TaskType
+
     lora = spec.lora
-    config = LoraConfig(
-        task_type=TaskType.TOKEN_CLS,
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM if generative(spec) else TaskType.TOKEN_CLS,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
-        modules_to_save=[head],
+        # the generative paradigm writes with the pretrained LM head: no second trained copy of a vocabulary-wide layer
+        modules_to_save=None if generative(spec) else [head],
     )
-    model = get_peft_model(model, config)
-    upcast_trainable(model)
-    cast_head_input(model, head)
-    return model
 
 
 def keep_cpu_weights_trainable(model: nn.Module) -> None:
@@ -106,17 +134,17 @@ def tokenizer_for(location: str, opts: RunOptions | None = None):
 
 
 def pretrained_model(spec: ModelSpec, labels: list[str], location: str, opts: RunOptions) -> nn.Module:
-    from transformers import AutoModelForTokenClassification
-
+    labelled = {} if generative(spec) else label_maps(labels)  # a causal LM writes its labels as text
     if location.startswith(RANDOM):  # --synthetic: built layer by layer on the device, nothing on disk
         from .synthetic import random_model
 
-        model = random_model(location, label_maps(labels), weights_dtype(spec), quantization_config(spec), opts)
+        model = random_model(location, labelled, weights_dtype(spec), quantization_config(spec), opts,
+                             causal_lm=generative(spec))
     else:
         with loading(spec, location):
-            model = AutoModelForTokenClassification.from_pretrained(
+            model = model_class(spec).from_pretrained(
                 location,
-                **label_maps(labels),
+                **labelled,
                 dtype=weights_dtype(spec),
                 quantization_config=quantization_config(spec),
                 device_map={"": 0} if torch.cuda.is_available() else None,
@@ -137,8 +165,8 @@ class HfBackend(Backend):
         model = pretrained_model(spec, labels, location, opts)
         if tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
-        head = head_name(model)
-        unmasked = attention.apply(model, spec.attention, spec.bidirectional_layers) if spec.is_decoder else 0
+        head = LM_HEAD if generative(spec) else head_name(model)
+        unmasked = set_attention(model, spec)
         if spec.method in ("lora", "qlora"):
             model = add_lora(model, spec, head)
         return Built(model, tokenizer, self, head, describe(model, spec, self.name, unmasked))
@@ -149,11 +177,24 @@ class HfBackend(Backend):
 
         full = spec.method == "full"
         model = pretrained_model(spec, labels, str(folder) if full else weights_location(spec, opts.cache_dir), opts)
-        if spec.is_decoder:
-            attention.apply(model, spec.attention, spec.bidirectional_layers)
+        set_attention(model, spec)
+        if generative(spec):  # the adapter alone: the LM head was never trained
+            model = model if full else PeftModel.from_pretrained(model, folder)
+            return Built(model, tokenizer_for(str(folder)), self, LM_HEAD, {})
         head = head_name(model)
         if not full:
             getattr(model, head).float()  # the head was trained in float32 (upcast_trainable); load it as such
             model = PeftModel.from_pretrained(model, folder)
             cast_head_input(model, head)
         return Built(model, tokenizer_for(str(folder)), self, head, {})
+
+
+def set_attention(model: nn.Module, spec: ModelSpec) -> int:
+    """The spec's attention mode (token classifiers of decoders); returns how many layers attend both ways.
+
+    Generative models keep transformers' causal attention and padding mask untouched: generation pads on the left,
+    and :mod:`.attention` drops the padding mask of causal layers, which is right for right padding only.
+    """
+    if not spec.is_decoder or generative(spec):
+        return 0
+    return attention.apply(model, spec.attention, spec.bidirectional_layers)

@@ -58,8 +58,9 @@ def target_device() -> torch.device:
 
 
 def random_model(location: str, labels: dict, dtype: torch.dtype, quantization, opts: RunOptions,
-                 seed: int = 0) -> nn.Module:
-    """A *ForTokenClassification model of architecture ``random:NAME`` with random weights, built on the device.
+                 seed: int = 0, causal_lm: bool = False) -> nn.Module:
+    """A *ForTokenClassification model (``causal_lm``: the *ForCausalLM model, for the generative paradigm) of
+    architecture ``random:NAME`` with random weights, built on the device.
 
     The skeleton is made without memory (parameters on the meta device); transformers' own bitsandbytes
     quantizer swaps the linear layers for 4-bit ones as ``from_pretrained`` would; then each module gets
@@ -67,11 +68,12 @@ def random_model(location: str, labels: dict, dtype: torch.dtype, quantization, 
     weight is quantized the moment it exists.
     """
     from accelerate import init_empty_weights
-    from transformers import AutoModelForTokenClassification
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
     config = architecture_config(location.removeprefix(RANDOM), opts, **labels)
+    model_class = AutoModelForCausalLM if causal_lm else AutoModelForTokenClassification
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForTokenClassification.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = model_class.from_config(config, dtype=dtype, attn_implementation="sdpa")
     quantizer = None
     if quantization is not None:
         from transformers.quantizers import AutoHfQuantizer
@@ -81,6 +83,8 @@ def random_model(location: str, labels: dict, dtype: torch.dtype, quantization, 
         model.hf_quantizer = quantizer
     torch.manual_seed(seed)
     materialize(model, target_device(), dtype)
+    if causal_lm:  # modules get their memory one by one, which unties an LM head from the embeddings it shares
+        model.tie_weights()
     if quantizer is not None:
         quantizer.postprocess_model(model)  # the attributes peft and the Trainer look for (is_loaded_in_4bit, ...)
     return model.eval()  # as from_pretrained returns it
