@@ -1,14 +1,18 @@
 import pytest
 
-# pytester puts sys.modules back as it was after each test that uses it: a model module first imported inside such a
-# test would be imported again by the next one, and torch refuses to register its operator libraries twice. Imported
-# here, once, before any test.
-import transformers.models.bert.modeling_bert  # noqa: F401,E402
-import transformers.models.qwen2.modeling_qwen2  # noqa: F401,E402
-
 from .helpers import tiny_qwen2
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_modules_imported_once():
+    """pytester puts sys.modules back as it was after each test that uses it: a model module first imported inside
+    such a test would be imported again by the next one, and torch refuses to register its operator libraries twice.
+    Imported once before any test (in a fixture, not at import: the plugin must give this process its GPU before
+    anything starts CUDA)."""
+    import transformers.models.bert.modeling_bert  # noqa: F401
+    import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 
 
 @pytest.fixture(scope="module")

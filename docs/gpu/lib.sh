@@ -18,7 +18,7 @@ if [ -f /tmp/gg/a ] && [ -f .ggb/part ] && [ ! -f $gguf ]; then  # the offline s
   cat /tmp/gg/a .ggb/part > $gguf.part && mv $gguf.part $gguf
   [ "$(sha256sum $gguf | cut -d' ' -f1)" = "$(cat .ggb/sha)" ] || { echo "GGUF parts differ"; rm $gguf; exit 3; }
 fi
-[ -f $gguf ] && export PYTHONPATH=$PYTHONPATH:/tmp/models
+[ -f $gguf ] && export PYTHONPATH=$PYTHONPATH:/tmp/models:$PWD/.ggb/py  # .ggb/py: the gguf package (GGUF reader)
 deadline=$(( $(date +%s) + ${BUDGET_S:-540} ))
 step() {
   local name=$1 left=$(( deadline - $(date +%s) )); shift

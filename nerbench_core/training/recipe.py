@@ -120,7 +120,7 @@ def training_arguments(spec: ModelSpec, accel: AccelPlan, output_dir: Path, epoc
     """``epoch_steps``: :func:`steps_per_epoch`; liger-kernel and gradient checkpointing as ``accel`` decided."""
     t = spec.train
     checkpointing = accel.gradient_checkpointing.on
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -157,6 +157,12 @@ def training_arguments(spec: ModelSpec, accel: AccelPlan, output_dir: Path, epoc
         use_liger_kernel=accel.liger.on,
         liger_kernel_config=accel.liger_config,
     )
+    # One process trains on one GPU (the plugin gives each process its own, before CUDA starts). Where CUDA started
+    # before that (a conftest that imports torch), the Trainer would wrap the model in DataParallel over every visible
+    # GPU, which the models' losses do not support; transformers 5.17 has no public switch for this, only _n_gpu.
+    if args.n_gpu > 1:
+        args._n_gpu = 1
+    return args
 
 
 def graphed_steps(model: nn.Module):
