@@ -131,9 +131,10 @@ def check_before_training(config, options) -> None:
 
     opt = config.getoption
     try:
-        resolve_suite(opt("--suite"))
+        specs = resolve_suite(opt("--suite"))
     except SpecError as err:
         raise StartupError(str(err)) from None
+    check_optimizers(specs, options)
     if opt("--seeds") is not None:
         seeds_option(config)
     folders = [("--results-dir", Path(opt("--results-dir"))), ("--cache-dir", options.cache_dir)]
@@ -167,6 +168,21 @@ def check_before_training(config, options) -> None:
     logger = opt("--report-to")
     if logger != "none" and importlib.util.find_spec(logger) is None:
         raise StartupError(f"--report-to {logger}: the {logger} package is not installed (pip install {logger})")
+
+
+def check_optimizers(specs, options) -> None:
+    """Each case's optimizer, as it will run (quick schedule and --set applied), is one the Trainer knows."""
+    from transformers.training_args import OptimizerNames
+
+    known = {o.value for o in OptimizerNames}
+    for spec in specs:
+        for quick in (False, True):
+            name = spec.for_run(quick, **options.overrides).train.optimizer
+            if name not in known:
+                where = "--set optimizer" if options.overrides.get("optimizer") == name else (
+                    f"{spec.suite}: model {spec.name!r}: {'quick.' if quick and 'optimizer' in spec.quick else 'train.'}"
+                    "optimizer")
+                raise StartupError(f"{where} = {name!r}: not a Trainer optimizer (known: {', '.join(sorted(known))})")
 
 
 def seeds_option(config) -> tuple[int, ...] | None:

@@ -184,7 +184,7 @@ def fake_slurm(tmp_path, monkeypatch):
 
 
 def test_slurm_gets_one_job_array_one_gpu_per_task(fake_slurm, tmp_path, capsys):
-    from nerbench_core import distributed as d
+    from nerbench_core.distributed import driver as d
 
     args = d.parser().parse_args(["--engine", "slurm", "--slurm-partition", "gpu", "--slurm-time", "90",
                                   "--max-parallel", "2", "--slurm-setup", "source ~/venv/bin/activate",
@@ -204,13 +204,13 @@ def test_slurm_gets_one_job_array_one_gpu_per_task(fake_slurm, tmp_path, capsys)
     assert [c.job_id for c in driver.running] == ["4242_0", "4242_1", "4242_2"]
     # each job: the run's arguments without their test path, then its case's node id
     job = driver.job_for(driver.cases[0])
-    assert job.pytest_args == ("-p", "no:cacheprovider", "-p", "nerbench_core.distributed", "--capture=tee-sys",
+    assert job.pytest_args == ("-p", "no:cacheprovider", "-p", "nerbench_core.distributed.jobs", "--capture=tee-sys",
                                "--suite", "offline", "--quick", "bench/test_ner.py::test_ner[m-seed42]")
     assert "m-seed43: submitted as job 4242_1" in capsys.readouterr().out
 
 
 def test_options_that_do_not_fit_a_distributed_run_are_refused():
-    from nerbench_core import distributed as d
+    from nerbench_core.distributed import driver as d
 
     assert "--max-parallel" in d.refused(["bench", "-n", "4"])
     assert "--max-parallel" in d.refused(["bench", "-n4"])
