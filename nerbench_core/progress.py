@@ -23,6 +23,10 @@ def duration(seconds: float | None) -> str:
 def describe(case: str, e: dict) -> str:
     """One line for an event."""
     kind = e.get("event")
+    if kind == "load":
+        return f"{case}: loading {e.get('model')}"
+    if kind == "loaded":
+        return f"{case}: model ready in {duration(e.get('seconds'))}"
     if kind == "start":
         resumed = f", resumed at step {e['step']}" if e.get("step") else ""
         epochs = e.get("epochs") or 0

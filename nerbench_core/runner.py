@@ -44,8 +44,12 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
     t0 = time.perf_counter()
 
     # 1. model and tokenizer, as the spec says (random weights in its exact architecture under --synthetic)
+    if report:
+        report({"event": "load", "model": spec.model if not opts.synthetic else f"random {spec.architecture}"})
     built = build(synthetic(spec) if opts.synthetic else spec, dataset.labels, opts)
     load_seconds = time.perf_counter() - t0
+    if report:
+        report({"event": "loaded", "seconds": load_seconds})
     try:
         # 2. the speed levers, decided in one place, then installed
         accel = accel_plan.plan(spec, built, memory)

@@ -115,6 +115,10 @@ def test_xdist_workers_report_to_one_table(bench):
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*nerbench results*"])
     assert "| tiny-0" in result.stdout.str() and "| tiny-1" in result.stdout.str()
+    # the workers' progress reaches the controller's terminal
+    for case in ("tiny-0", "tiny-1"):
+        for line in ("loading *", "model ready in *", "training, * steps over 1 epoch", "dev F1 * at epoch 1 *"):
+            result.stdout.fnmatch_lines([f"nerbench {case} (seed 42): {line}"])
 
 
 def test_compare_fails_a_case_that_fell_below_its_baseline(bench):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from nerbench_core.reporting.records import RunRecord, run_key
 from nerbench_core.reporting.store import ResultStore, load_records
 from nerbench_core.reporting.table import fold, render
@@ -169,3 +171,97 @@ def test_records_name_the_commit_the_run_started_from(tmp_path, monkeypatch):
     (repo / "f").write_text("2")
     git("commit", "-qam", "two")  # the checkout moves on while the run goes on
     assert records.git_commit(repo) == first and first["commit"] and first["dirty"] is False
+
+
+def test_report_exports_every_format_and_refuses_unknown_ones(tmp_path, capsys):
+    import csv
+    import io
+
+    from nerbench_core.reporting.report import main
+
+    ResultStore(tmp_path / "r").write(record("m", f1=0.8))
+    for fmt, check in (("csv", lambda out: next(csv.reader(io.StringIO(out)))[:2] == ["model", "data"]),
+                       ("json", lambda out: json.loads(out)[0]["model"] == "m"),
+                       ("markdown", lambda out: out.startswith("| model")),
+                       ("html", lambda out: out.startswith("<table>")),
+                       ("latex", lambda out: out.startswith("\\begin{tabular}"))):
+        assert main([str(tmp_path / "r"), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        assert check(out), (fmt, out[:200])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "r"), "--format", "xlsx"])
+    assert "--format 'xlsx': expected one of csv, json, markdown" in capsys.readouterr().err
+    assert main([str(tmp_path / "r"), "--export", str(tmp_path / "run.json")]) == 0
+    exported = json.loads((tmp_path / "run.json").read_text())
+    assert exported["records"][0]["case"] == "m" and exported["table"]["rows"][0]["F1"] == "80.00"
+    assert "F1 PER" in exported["table"]["columns"]  # the whole table, every column
+
+
+def test_exports_and_plots_come_from_the_stored_baselines(tmp_path, capsys):
+    from pathlib import Path
+
+    from nerbench_core.reporting.report import main
+
+    baselines = Path(__file__).resolve().parent.parent / "bench" / "baselines.json"
+    for fmt in ("csv", "json", "markdown"):
+        assert main([str(baselines), "--format", fmt]) == 0
+        assert "minilm" in capsys.readouterr().out
+    assert main([str(baselines), "--plot", str(tmp_path / "plots")]) == 0
+    assert len(list((tmp_path / "plots").glob("*.png"))) >= 3 and (tmp_path / "plots" / "index.md").is_file()
+
+
+def test_seeds_fold_into_one_row_with_mean_and_standard_deviation():
+    runs = [record("m", f1=f1, key=f"k{seed}", config_key="c") for seed, f1 in ((1, 0.80), (2, 0.82), (3, 0.84))]
+    for r, seed in zip(runs, (1, 2, 3)):
+        r.seed = seed
+    (row,) = fold(runs)
+    assert "82.00 ± 2.00 (n=3)" in render([row])
+    assert len(render([row], "all").splitlines()) == 3  # header, rule, one row
+
+
+def test_the_regression_gate_knows_the_seed_noise(tmp_path):
+    from nerbench_core.reporting.baselines import Baselines, gate
+
+    steady = gate([0.52, 0.53, 0.52, 0.51, 0.52], tolerance=1.5)
+    assert steady.checked and 0 < steady.catches < 5  # mean - t(0.99, 4) s sqrt(1 + 1/5)
+    assert abs(steady.catches - 100 * 3.7469 * 0.00707107 * (1.2 ** 0.5)) < 0.01
+    noisy = gate([0.44, 0.57, 0.54, 0.53, 0.57], tolerance=1.5)
+    assert not noisy.checked and noisy.why.startswith("no regression check")
+    few = gate([0.5], tolerance=2.0)
+    assert few.threshold == pytest.approx(0.48) and "fixed tolerance 2.00" in few.why
+    path = tmp_path / "b.json"
+    stored = Baselines(path, {})
+    runs = []
+    for seed, f1 in enumerate((0.52, 0.53, 0.52, 0.51, 0.52)):
+        r = record("m", f1=f1, key=f"s{seed}")
+        r.seed = seed
+        runs.append(r)
+    labelled = record("m", f1=0.9, key="x", label="experiment")  # an experiment is no baseline
+    stored.merge(runs + [labelled])
+    loaded = Baselines.load(path)
+    assert [r.seed for r in loaded.records("m", "quick")] == [0, 1, 2, 3, 4]
+    assert loaded.regression(record("m", f1=0.515)) is None
+    assert "below the regression bound" in loaded.regression(record("m", f1=0.48))
+    assert loaded.records("m", "quick", fingerprint="other data") == []  # other data: no baseline
+
+
+def test_a_verdict_comes_from_saved_predictions_and_refuses_other_data(tmp_path, capsys):
+    from nerbench_core.reporting.predictions import SplitPredictions
+    from nerbench_core.reporting.report import main
+
+    words = [["John", "lives", "in", "Paris"]] * 60
+    gold = [["B-PER", "O", "O", "B-LOC"]] * 60
+    good = [["B-PER", "O", "O", "B-LOC"]] * 55 + [["O", "O", "O", "O"]] * 5
+    bad = [["B-PER", "O", "O", "O"]] * 40 + [["O", "O", "O", "B-LOC"]] * 20
+    docs = [i // 2 for i in range(60)]  # 30 documents
+    store = ResultStore(tmp_path / "r")
+    for case, pred, f1 in (("good", good, 0.95), ("bad", bad, 0.66)):
+        store.write(record(case, f1=f1, key=case), {"test": SplitPredictions(words, gold, pred, docs)})
+    assert main([str(tmp_path / "r"), "--versus", "good", "bad", "--resamples", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("good beats bad by +") and "paired test over 30 documents" in out
+    other = record("elsewhere", f1=0.9, key="e")
+    other.dataset = {"fingerprint": "g"}
+    store.write(other)
+    assert main([str(tmp_path / "r"), "--versus", "good", "elsewhere"]) == 2
+    assert "ran on different test data" in capsys.readouterr().err

@@ -115,17 +115,35 @@ class Baselines:
                 f"of its baseline in {self.path} (mean {100 * g.mean:.2f}; {g.why})")
 
     def merge(self, records: Iterable[RunRecord]) -> Path:
-        """Add finished, real (not synthetic) records: a seed already stored for a case is replaced, others added."""
+        """Add finished, real (not synthetic) runs of the suites' own set-up (no --label: a label marks an experiment):
+        a seed already stored for a case and data is replaced, others are added. Their saved predictions are copied,
+        gzipped, into the folder beside the file (``baselines/`` for ``baselines.json``), so that verdicts and error
+        analyses can be made from the baselines alone."""
         for r in records:
-            if not r.finished or r.synthetic:
+            if not r.finished or r.synthetic or r.label:
                 continue
             runs = self.runs.setdefault(r.mode, {}).setdefault(r.case, [])
             runs[:] = [d for d in runs if not (d.get("seed") == r.seed
                                                and d.get("dataset", {}).get("fingerprint") == r.dataset.get("fingerprint"))]
-            runs.append(r.to_dict())
+            runs.append({**r.to_dict(), "predictions": self._copy_predictions(r)})
             runs.sort(key=lambda d: d.get("seed", 0))
         atomic.write_json(self.path, {"schema": SCHEMA, **self.runs})
         return self.path
+
+    def _copy_predictions(self, record: RunRecord) -> dict:
+        from .predictions import read_predictions, write_predictions
+        from .store import predictions_path
+
+        copied = {}
+        for split in record.predictions:
+            source = predictions_path(record, split)
+            if source is None or not source.is_file():
+                continue
+            name = f"{self.path.stem}/{source.name.removesuffix('.gz')}.gz"
+            (self.path.parent / self.path.stem).mkdir(parents=True, exist_ok=True)
+            write_predictions(self.path.parent / name, read_predictions(source))
+            copied[split] = name
+        return copied
 
 
 def _runs_of(path: Path, data) -> dict[str, dict[str, list[dict]]]:
