@@ -9,16 +9,18 @@ import os
 import sys
 from pathlib import Path
 
-from nerbench_core import cuda_graphs, modeling, training
+from nerbench_core.accel import cuda_graphs
+from nerbench_core.backends.hf import tokenizer_for
 from nerbench_core.data import load_conll_dir
 from nerbench_core.features import WordEncoder
+from nerbench_core.training.batching import TokenBudgetBatches
 
 LADDERS = {"current": cuda_graphs.LADDER, "2/4/8": ((2, 32), (4, 64), (8, 128)), "1/2/4": ((1, 40), (2, 64), (4, 128))}
 
 
 def simulate(lengths: list[int], budget: int = 1024, rows: int = 4096) -> tuple[int, float, int]:
     shapes = cuda_graphs.BatchShapes(rows, budget)
-    sampler = training.TokenBudgetBatches(lengths, budget, rows, seed=0, padded_length=shapes.length)
+    sampler = TokenBudgetBatches(lengths, budget, rows, seed=0, padded_length=shapes.length)
     real = positions = 0
     seen = set()
     for batch in sampler:
@@ -32,7 +34,7 @@ def simulate(lengths: list[int], budget: int = 1024, rows: int = 4096) -> tuple[
 
 def main() -> None:
     dataset = load_conll_dir(Path(os.environ["NERBENCH_DATA_DIR"]))
-    encoder = WordEncoder(modeling.tokenizer_for(sys.argv[1]), 128)
+    encoder = WordEncoder(tokenizer_for(sys.argv[1]), 128)
     split = encoder.encode(dataset["train"], {label: i for i, label in enumerate(dataset.labels)})
     lengths = [len(e.input_ids) for e in split.examples]
     print(f"{len(lengths)} sentences, {sum(lengths) / len(lengths):.1f} sub-tokens on average")

@@ -43,6 +43,9 @@ VARIANTS = {
 }
 
 
+BENCH_TEST = Path(__file__).resolve().parent.parent / "bench" / "test_ner.py"
+
+
 def suite_choice(extra: list[str]) -> str:
     return extra[extra.index("--suite") + 1] if "--suite" in extra else "all"
 
@@ -58,7 +61,8 @@ def parse_steps(text: str) -> dict[str, int]:
 
 
 def run_variant(case: str, variant: str, out: Path, synthetic: bool, steps: int | None, extra: list[str]) -> int:
-    cmd = [sys.executable, "-m", "pytest", "bench", "--suite", "all", "-k", case, "--rerun", "-q",
+    # the case's own test id: -k would also select the cases whose names contain this one (qwen1.5-7b-generative)
+    cmd = [sys.executable, "-m", "pytest", f"{BENCH_TEST}::test_ner[{case}]", "--suite", "all", "--rerun", "-q",
            "-p", "no:cacheprovider", "--label", variant, "--results-dir", str(out / variant),
            "--set", "epochs=1", *VARIANTS[variant][1], *extra]
     if steps:

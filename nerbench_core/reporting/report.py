@@ -40,9 +40,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def pick(rows: list[Row], name: str, ap) -> Row:
-    """The row of case ``name`` (``name@label`` where labels tell runs of one case apart)."""
-    case, _, label = name.partition("@")
-    found = [r for r in rows if r.first.case == case and (not label or r.first.label == label)]
+    """The row of case ``name`` (``name@label`` where labels tell runs of one case apart; ``name@``: the unlabelled)."""
+    case, at, label = name.partition("@")
+    found = [r for r in rows if r.first.case == case and (not at or r.first.label == label)]
+    found = [r for r in found if any(rec.finished for rec in r.records)] or found  # not the runs that broke
     if not found:
         ap.error(f"--versus: no records of {name!r} (cases: {', '.join(sorted({r.first.case for r in rows}))})")
     if len(found) > 1:

@@ -185,8 +185,13 @@ def _delta(row: Row) -> str:
 
 
 def _parse_failures(row: Row) -> str:
+    """Generative: the entities the parser could not keep (malformed, hallucinated, unknown type, overlapping), and
+    the answers that changed the sentence's words (their entities elsewhere are kept)."""
     counts = row.first.metrics.get("test", {}).get("parse")
-    return "" if not counts else str(counts.get("dropped", ""))
+    if not counts:
+        return ""
+    dropped = sum(counts.get(k, 0) for k in ("malformed", "hallucinated", "unknown_type", "overlapping"))
+    return f"{dropped}, {counts.get('word_edits', 0)} edits"
 
 
 COLUMNS: list[Column] = [
@@ -229,7 +234,9 @@ def columns_for(choice: str, rows: list[Row]) -> list[Column]:
     every[at:at] = [Column(c.header, c.value, ("all",)) for c in type_columns(rows)]
     if choice in ("default", "all", "cost", "time"):
         return [c for c in every if choice in c.sets and c.when(rows)]
-    by_header = {c.header.lower(): c for c in every + COST_COLUMNS + TIME_COLUMNS}
+    by_header: dict[str, Column] = {}
+    for c in every + COST_COLUMNS + TIME_COLUMNS:  # the main table's column where two share a header (status)
+        by_header.setdefault(c.header.lower(), c)
     wanted = [h.strip() for h in choice.split(",") if h.strip()]
     unknown = [h for h in wanted if h.lower() not in by_header]
     if unknown:
