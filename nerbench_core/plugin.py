@@ -72,6 +72,7 @@ def pytest_addoption(parser):
     g.addoption("--columns", default="default", metavar="COLS",
                 help="the summary table's columns: default (fits 120 characters), all, cost, time, or a "
                      "comma-separated list of column names")
+    g.addoption("--per-seed", action="store_true", help="the summary table: a row per seed (default: one per case)")
     g.addoption("--export", default=None, metavar="FILE", help="write the whole run (records and table) as one JSON")
     g.addoption("--report-to", default="none", choices=["none", "tensorboard", "wandb", "mlflow"],
                 help="the Trainer's loggers for every case (their packages must be installed)")
@@ -357,7 +358,8 @@ def pytest_terminal_summary(terminalreporter, config):
         return
     from .reporting.summary import summary
 
-    text, rows = summary(run.session.records, run.session.baselines, config.getoption("--columns"))
+    text, rows = summary(run.session.records, run.session.baselines, config.getoption("--columns"),
+                         per_seed=config.getoption("--per-seed"))
     tr.section("nerbench results")
     tr.write_line(text)
     tr.write_line(f"records: {run.session.store.folder}")

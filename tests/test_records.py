@@ -216,6 +216,7 @@ def test_seeds_fold_into_one_row_with_mean_and_standard_deviation():
         r.seed = seed
     (row,) = fold(runs)
     assert "82.00 ± 2.00 (n=3)" in render([row])
+    assert len(fold(runs, per_seed=True)) == 3  # on request, a row per seed
     assert len(render([row], "all").splitlines()) == 3  # header, rule, one row
 
 

@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--columns", default="default", help="default (fits 120 characters), all, cost, time, or a "
                                                          "comma-separated list of column names")
     ap.add_argument("--format", default="markdown", help=f"one of {', '.join(FORMATS)}")
+    ap.add_argument("--per-seed", action="store_true", help="a row per seed (default: a case's seeds in one row)")
     ap.add_argument("--compare", metavar="BASELINES", help="baselines file: add the F1 change per case")
     ap.add_argument("--versus", nargs=2, metavar=("A", "B"), help="is A really better than B? (a paired verdict)")
     ap.add_argument("--resamples", type=int, default=10000, help="with --versus: bootstrap and randomization draws")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost or args.time:
         print(render_cost(records, args.baseline) if args.cost else render_time(records))
         return 0
-    rows = rows_for(records, baselines, versus_best=not args.versus)
+    rows = rows_for(records, baselines, versus_best=not args.versus, per_seed=args.per_seed and not args.versus)
     if args.versus:
         a, b = (pick(rows, name, ap) for name in args.versus)
         try:

@@ -11,8 +11,9 @@ LEGEND = ("vs best: ΔF1 to the best row on the same data; * significant (p < 0.
           "else a paired randomization test over test documents), ? no saved predictions to test")
 
 
-def rows_for(records: list[RunRecord], baselines: Baselines | None = None, versus_best: bool = True) -> list[Row]:
-    rows = fold(records)
+def rows_for(records: list[RunRecord], baselines: Baselines | None = None, versus_best: bool = True,
+             per_seed: bool = False) -> list[Row]:
+    rows = fold(records, per_seed)
     if baselines is not None:
         for row in rows:
             stored = [r.f1 for r in baselines.records(row.first.case, row.first.mode, row.first.dataset.get("fingerprint"))
@@ -24,8 +25,8 @@ def rows_for(records: list[RunRecord], baselines: Baselines | None = None, versu
 
 
 def summary(records: list[RunRecord], baselines: Baselines | None = None, columns: str = "default",
-            fmt: str = "github") -> tuple[str, list[Row]]:
-    rows = rows_for(records, baselines)
+            fmt: str = "github", per_seed: bool = False) -> tuple[str, list[Row]]:
+    rows = rows_for(records, baselines, per_seed=per_seed)
     text = render(rows, columns, fmt)
     if any(r.versus_best for r in rows):
         text += "\n" + LEGEND

@@ -64,11 +64,12 @@ class Row:
         return status_of(self)
 
 
-def fold(records: Iterable[RunRecord]) -> list[Row]:
-    """One row per configuration: the records that differ only in their seed share a row."""
+def fold(records: Iterable[RunRecord], per_seed: bool = False) -> list[Row]:
+    """One row per configuration: the records that differ only in their seed share a row (``per_seed``: a row each)."""
     groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        key = (r.case, r.mode, r.dataset.get("fingerprint"), r.label, r.synthetic, r.config_key or r.run_key)
+        key = (r.case, r.mode, r.dataset.get("fingerprint"), r.label, r.synthetic,
+               r.run_key if per_seed else r.config_key or r.run_key)
         groups.setdefault(key, []).append(r)
     rows = [Row(sorted(rs, key=lambda r: r.seed), floor=rs[0].floor, floor_note=rs[0].floor_note)
             for rs in groups.values()]
