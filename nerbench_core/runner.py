@@ -5,9 +5,11 @@ This is the only training path; every model, method, paradigm, attention mode an
 from __future__ import annotations
 
 import gc
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -70,10 +72,12 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         select_on_dev = dataset.entities("dev") > 0
         if not select_on_dev:
             warnings.warn(f"{spec.name}: the dev split has no entities: dev F1 is undefined, the last epoch is kept")
-        outcome = train(built.model, built.tokenizer, spec, accel, task.train_split, evaluate_dev,
-                        opts.work_dir / key_for(spec, dataset, opts), checkpoints=checkpoints,
-                        select_on_dev=select_on_dev, report=report, report_to=opts.report_to,
+        work = work_dir(spec, dataset, opts)
+        outcome = train(built.model, built.tokenizer, spec, accel, task.train_split, evaluate_dev, work,
+                        checkpoints=checkpoints, select_on_dev=select_on_dev, report=report,
+                        report_to=opts.report_to,
                         profile=opts.profile_dir / f"{spec.name}.txt" if opts.profile_dir else None)
+        shutil.rmtree(work, ignore_errors=True)  # trained: its checkpoints are not needed (a rerun starts afresh)
 
         # 5. test, scored once, with the weights of the kept epoch
         test = task.predict(built.model, "test")
@@ -121,16 +125,27 @@ def key_for(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> str:
     return run_key(spec.hash(), dataset.fingerprint, spec.train.seed, opts.mode, opts.synthetic)
 
 
+def work_dir(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> Path:
+    """The Trainer's checkpoints of a case in progress (what a killed run continues from)."""
+    return opts.work_dir / key_for(spec, dataset, opts)
+
+
+def floor_of(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> tuple[float | None, str]:
+    """The F1 floor a run of ``spec`` on ``dataset`` is held to now, or None and why there is none."""
+    return (None, "synthetic: no floor") if opts.synthetic else spec.floor_for(opts.quick, dataset.identity)
+
+
 def new_record(spec: ModelSpec, dataset: NerDataset, opts: RunOptions, status: str, **fields) -> RunRecord:
     identity = dataset.identity
-    floor, note = (None, "synthetic: no floor") if opts.synthetic else spec.floor_for(opts.quick, identity)
+    floor, note = floor_of(spec, dataset, opts)
     return RunRecord(
         case=spec.name, status=status, run_key=key_for(spec, dataset, opts), mode=opts.mode,
         spec=spec.to_dict(), spec_hash=spec.hash(),
         config_key=run_key(spec.hash(seed=False), dataset.fingerprint, None, opts.mode, opts.synthetic),
         dataset={"name": identity.name, "source": dataset.source, "fingerprint": dataset.fingerprint,
                  "full_fingerprint": dataset.full_fingerprint, "sample": dataset.sample, "sentences": dataset.sizes,
-                 "entities": {k: dataset.entities(k) for k in dataset.splits}},
+                 "entities": {k: dataset.entities(k) for k in dataset.splits},
+                 "documents": {k: dataset.documents(k) for k in dataset.splits}},
         seed=spec.train.seed, floor=floor, floor_note=note, synthetic=opts.synthetic, label=opts.label,
         environment=environment.describe(cost.gpu_info()),
         **fields,

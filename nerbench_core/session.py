@@ -4,6 +4,8 @@ No pytest here: the plugin creates one of these and its hooks call into it.
 """
 from __future__ import annotations
 
+import re
+import shutil
 import traceback
 import uuid
 from dataclasses import dataclass
@@ -52,19 +54,22 @@ class Session:
     def run(self, spec: ModelSpec, dataset: NerDataset) -> Outcome:
         """Run one case (its spec seeded), or reuse its stored record; a failure is recorded before it is raised."""
         from .backends.base import ModelUnavailable
-        from .runner import effective_spec, judge, key_for, new_record, release_memory, run_case
+        from .runner import effective_spec, floor_of, judge, key_for, new_record, release_memory, run_case, work_dir
 
         run_spec = effective_spec(spec, self.options)
         key = key_for(run_spec, dataset, self.options)
-        # one process at a time per run key: a second one waits, then finds the first one's record
-        self.options.work_dir.mkdir(parents=True, exist_ok=True)
-        with atomic.lock(self.options.work_dir / key):
+        # one process at a time per run key, wherever it runs on this results folder: a second one waits, then finds
+        # the first one's record
+        (self.store.folder / ".locks").mkdir(exist_ok=True)
+        with atomic.lock(self.store.folder / ".locks" / key):
             stored = None if self.rerun else self.store.find(key, spec.name)
             if stored is not None:  # judged against the floor the spec has now, not the one it had then
-                current = new_record(run_spec, dataset, self.options, "")
-                stored.floor, stored.floor_note, stored.reused = current.floor, current.floor_note, True
+                stored.floor, stored.floor_note = floor_of(run_spec, dataset, self.options)
+                stored.reused = True
                 self.records.append(judge(stored))
                 return Outcome(stored, reused=True)
+            if self.rerun:  # trained again from the start, not continued from a checkpoint of an earlier run
+                shutil.rmtree(work_dir(run_spec, dataset, self.options), ignore_errors=True)
             failed: RunRecord | None = None
             label = f"{spec.name} (seed {run_spec.train.seed})"
             report = self.progress(label) if self.progress else None
@@ -72,10 +77,12 @@ class Session:
             try:
                 result = run_case(run_spec, dataset, self.options, report)
             except ModelUnavailable as err:
+                self.running = None
                 record = new_record(run_spec, dataset, self.options, "skipped", error=str(err))
                 self.records.append(record)
                 return Outcome(record, skipped=str(err))
             except Exception as err:  # the case fails with its reason; the next case runs on
+                self.running = None
                 failed = new_record(run_spec, dataset, self.options, "failed", error=error_reason(err))
                 failed.cost["traceback"] = traceback.format_exc()[-4000:]
             if failed is not None:
@@ -91,10 +98,13 @@ class Session:
             return Outcome(result.record)
 
     def record_crash(self, nodeid: str, reason: str) -> RunRecord:
-        """A case whose process died: a failed record with the reason (no run key: it is never reused)."""
-        case = nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in nodeid else nodeid
+        """A case whose process died: a failed record with the reason (no run key: it is never reused). The case and
+        seed are read from its test id (``test_ner[NAME]`` or ``test_ner[NAME-seedN]``)."""
+        case_id = nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in nodeid else nodeid
+        seeded = re.fullmatch(r"(.+)-seed(\d+)", case_id)
+        case, seed = (seeded.group(1), int(seeded.group(2))) if seeded else (case_id, 0)
         record = RunRecord(case=case, status="failed", run_key="crashed-" + uuid.uuid4().hex[:8],
-                           mode=self.options.mode, spec={}, spec_hash="", dataset={}, seed=0,
+                           mode=self.options.mode, spec={}, spec_hash="", dataset={}, seed=seed,
                            error=f"worker crashed: {reason}", synthetic=self.options.synthetic,
                            label=self.options.label)
         self.store.write(record)

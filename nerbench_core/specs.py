@@ -41,7 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 42
     # true, false, or "auto": off where the activations fit in the memory left on the device once the model is
-    # loaded, on where they do not (activations.py): the speed of a large GPU, the memory of a small one.
+    # loaded, on where they do not (accel/memory.py): the speed of a large GPU, the memory of a small one.
     gradient_checkpointing: bool | Literal["auto"] = False
     bf16: bool = True  # used only where the device supports it (CUDA with bf16)
     group_by_length: bool = True  # length-grouped batches: far less padding on short CoNLL sentences
@@ -56,20 +56,20 @@ class TrainConfig:
     # liger-kernel's fused RMSNorm and SwiGLU (Triton) for the model types it knows (Qwen2, Llama, ...),
     # where CUDA and liger-kernel are present; elsewhere, and for other models, this changes nothing.
     fused_kernels: bool = True
-    # Regional torch.compile of the model's repeated layers (compiling.py), hf backend; where on, inductor's fused
+    # Regional torch.compile of the model's repeated layers (accel/compiling.py), hf backend; where on, inductor's
     # kernels take the place of liger-kernel's. Off by default: on the seed decoders it did not pay (it compiles
     # each layer variant for 15-20 s, and ran slower per step: docs/PERFORMANCE.md).
     torch_compile: bool = False
-    # LoRA projections as one autograd function each (lora_kernels.py) instead of peft's chain of modules: the same
-    # arithmetic with far less host work a step, which bounds the decoders' steps on a GPU (docs/PERFORMANCE.md).
+    # LoRA projections as one autograd function each (accel/lora_kernels.py) instead of peft's chain of modules:
+    # the same arithmetic with far less host work a step, which bounds the decoders' steps on a GPU (docs/PERFORMANCE.md).
     fused_lora: bool = True
     # With fused_lora: the frozen 4-bit weights also kept dequantized in the compute dtype, so that no step
     # dequantizes them (16% of a Qwen1.5-7B step's GPU time). The same arithmetic, at the memory of a 16-bit copy of
     # the weights; "auto": where that fits beside the step's activations without gradient checkpointing (an 80 GB
     # GPU: every seed decoder; a 12 or 24 GB card: not the 7B and 14B), as QLoRA alone where it does not.
     keep_dequantized: bool | Literal["auto"] = "auto"
-    # Forward and backward of each training batch replayed from a CUDA graph (cuda_graphs.py), batches padded to a few
-    # shapes: a step then costs the host one call instead of thousands of kernel launches. Only on CUDA, without
+    # Forward and backward of each training batch replayed from a CUDA graph (accel/cuda_graphs.py), batches padded to a
+    # few shapes: a step then costs the host one call instead of thousands of kernel launches. Only on CUDA, without
     # gradient checkpointing (a small card's large model trains eagerly), torch.compile or the unsloth backend.
     cuda_graphs: bool = True
 

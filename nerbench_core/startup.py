@@ -61,7 +61,7 @@ def pin_gpu(config) -> int:
     gpus = [g.strip() for g in ids.split(",") if g.strip()] if ids else visible_gpus()
     worker = getattr(config, "workerinput", {}).get("workerid")
     if worker is None:
-        if len(gpus) > 1 and not uses_xdist(config):
+        if (given or len(gpus) > 1) and gpus and not uses_xdist(config):
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
         return 1
     gpu = worker_gpu(worker, gpus)
@@ -174,10 +174,15 @@ def check_optimizers(specs, options) -> None:
     """Each case's optimizer, as it will run (quick schedule and --set applied), is one the Trainer knows."""
     from transformers.training_args import OptimizerNames
 
+    from .specs import SpecError
+
     known = {o.value for o in OptimizerNames}
     for spec in specs:
         for quick in (False, True):
-            name = spec.for_run(quick, **options.overrides).train.optimizer
+            try:  # --set may make a spec invalid (e.g. attention=bidirectional for an encoder)
+                name = spec.for_run(quick, **options.overrides).train.optimizer
+            except SpecError as err:
+                raise StartupError(f"--set with {spec.suite}: model {spec.name!r}: {err}") from None
             if name not in known:
                 where = "--set optimizer" if options.overrides.get("optimizer") == name else (
                     f"{spec.suite}: model {spec.name!r}: {'quick.' if quick and 'optimizer' in spec.quick else 'train.'}"
@@ -200,12 +205,14 @@ def seeds_option(config) -> tuple[int, ...] | None:
 
 def load_data(config, options):
     """The dataset, read, validated and cached once, before any case: a bad file stops the run with one message
-    (file:line: what); data that cannot be had stops it too, unless --skip-unavailable."""
+    (file:line: what); data that cannot be had stops it too, unless --skip-unavailable. Document context needs
+    document boundaries (-DOCSTART- lines): without them it would run across documents."""
     from .data import DEFAULT_HUB_DATASET, ConllFormatError, load_cached
+    from .specs import resolve_suite
 
     opt = config.getoption
     try:
-        return load_cached(opt("--data-dir"), options.cache_dir, opt("--hub-dataset") or DEFAULT_HUB_DATASET)
+        dataset = load_cached(opt("--data-dir"), options.cache_dir, opt("--hub-dataset") or DEFAULT_HUB_DATASET)
     except ConllFormatError as err:
         raise StartupError(f"bad data: {err}") from None
     except Exception as err:
@@ -216,3 +223,9 @@ def load_data(config, options):
         if opt("--skip-unavailable"):
             return reason
         raise StartupError(reason + " (or --skip-unavailable to skip the cases)") from None
+    context = [s.name for s in resolve_suite(opt("--suite"))
+               if s.for_run(options.quick, **options.overrides).context_sentences]
+    if context and min(dataset.documents(split) for split in dataset.splits) < 2:
+        raise StartupError(f"context_sentences ({', '.join(context)}): {dataset.source} has no document boundaries "
+                           "(-DOCSTART- lines), so neighbouring sentences would come from other documents")
+    return dataset

@@ -41,8 +41,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 __all__ = [
     "UnitCounts", "Interval", "Paired", "SeedComparison",
     "unit_counts", "f1_from_counts", "bootstrap_interval", "choose_unit", "paired_comparison",
-    "paired_from_counts", "seed_comparison", "mean_std", "verdict", "compare_to_best",
-    "significance_marks", "MIN_DOCUMENTS", "SIGNIFICANCE_LEGEND",
+    "paired_from_counts", "seed_comparison", "mean_std", "verdict", "MIN_DOCUMENTS",
 ]
 
 MIN_DOCUMENTS = 30
@@ -415,39 +414,3 @@ def verdict(name_a: str, name_b: str, paired: Paired | None, seeds: SeedComparis
         return f"{win} beats {lose} by {_pts(sign * delta)} F1 (95% CI {_pts(lo)} to {_pts(hi)}, {_p(p)}, {tail})"
     return (f"no significant difference between {name_a} and {name_b}: ΔF1 {_pts(delta)} "
             f"(95% CI {_pts(low)} to {_pts(high)}, {_p(p)}, {tail})")
-
-
-# --------------------------------------------------------------------------------- summary tables
-
-SIGNIFICANCE_LEGEND = {
-    "=": "not significantly different from the best row (paired randomization test, p >= alpha)",
-    "<": "significantly below the best row (p < alpha)",
-    ">": "significantly above the best row (possible when 'best' was chosen by another criterion)",
-}
-
-
-def compare_to_best(best: UnitCounts, others: Mapping[str, UnitCounts], resamples: int = 10000,
-                    seed: int = 0) -> dict[str, Paired]:
-    """Paired comparison of each row against the best row on the same test data: delta = F1(row) - F1(best)."""
-    return {name: paired_from_counts(c, best, resamples, seed) for name, c in others.items()}
-
-
-def significance_marks(best: UnitCounts, others: Mapping[str, UnitCounts], resamples: int = 10000,
-                       seed: int = 0, alpha: float = 0.05) -> dict[str, str]:
-    """A one-character mark per row of a summary table, relative to the best row (see SIGNIFICANCE_LEGEND).
-
-    "=" when the row's F1 is not significantly different from the best row's, "<" when significantly
-    below, ">" when significantly above. Each row is one paired test of that row's counts against the
-    best row's counts (same test sentences, same units); p-values are not corrected for multiple
-    comparisons, so with many rows a few "<" marks near p = alpha can be chance. Rows whose F1 is
-    undefined get "?".
-    """
-    marks = {}
-    for name, res in compare_to_best(best, others, resamples, seed).items():
-        if math.isnan(res.p_value):
-            marks[name] = "?"
-        elif res.p_value < alpha and res.delta != 0:
-            marks[name] = "<" if res.delta < 0 else ">"
-        else:
-            marks[name] = "="
-    return marks

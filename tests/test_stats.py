@@ -13,9 +13,8 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.metrics.sequence_labeling import get_entities
 
 from nerbench_core.stats import (
-    Interval, Paired, SeedComparison, UnitCounts, bootstrap_interval, choose_unit, compare_to_best,
-    f1_from_counts, mean_std, paired_comparison, paired_from_counts, seed_comparison, significance_marks,
-    unit_counts, verdict,
+    Interval, Paired, SeedComparison, UnitCounts, bootstrap_interval, choose_unit, f1_from_counts, mean_std,
+    paired_comparison, paired_from_counts, seed_comparison, unit_counts, verdict,
 )
 
 TYPES = ("PER", "LOC", "ORG", "MISC")
@@ -346,22 +345,6 @@ def test_verdict_uses_the_seed_test_when_there_are_seeds():
     assert "too few for a seed-level test" in verdict("A", "B", paired, one_seed)
     assert verdict("A", "B", paired, one_seed).startswith("A beats B by +1.20 F1")
 
-
-def test_significance_marks_against_best_row():
-    gold = synthetic_gold(300, seed=22)
-    best = unit_counts(gold, corrupt(gold, 0.03, seed=23))
-    others = {
-        "same": best,
-        "tied": unit_counts(gold, corrupt(gold, 0.03, seed=24)),
-        "worse": unit_counts(gold, corrupt(gold, 0.2, seed=25)),
-    }
-    marks = significance_marks(best, others, resamples=3000)
-    assert marks == {"same": "=", "tied": "=", "worse": "<"}
-    details = compare_to_best(best, {"worse": others["worse"]}, resamples=3000)
-    assert details["worse"].delta < 0 and details["worse"].p_value < 0.05
-
-
-# ------------------------------------------------------------------------------------------ plumbing
 
 def test_results_are_frozen_and_json_friendly():
     gold = synthetic_gold(60, seed=26)

@@ -52,3 +52,21 @@ def test_token_budget_batches_hold_the_budget_and_give_the_epochs_step_count():
     assert steps_per_epoch(budget, lengths) == len(batches)  # what logging_steps is worked out from
     sentences = ModelSpec(name="x", model="x", train=TrainConfig(batch_size=32))
     assert steps_per_epoch(sentences, lengths) == 16  # ceil(500 / 32)
+
+
+def test_a_resumed_run_gets_the_batches_of_its_epoch():
+    """The Trainer calls set_epoch before each epoch: a sampler made afresh for a run resumed at epoch 2 hands out
+    epoch 2's batches, as the sampler of an uninterrupted run does."""
+    import random
+
+    from nerbench_core.training.batching import TokenBudgetBatches
+
+    lengths = [random.Random(i).randint(3, 60) for i in range(300)]
+    straight = TokenBudgetBatches(lengths, max_tokens=256, max_sentences=32, seed=5)
+    epochs = []
+    for epoch in range(3):
+        straight.set_epoch(epoch)
+        epochs.append(list(straight))
+    resumed = TokenBudgetBatches(lengths, max_tokens=256, max_sentences=32, seed=5)
+    resumed.set_epoch(2)
+    assert list(resumed) == epochs[2] and epochs[2] != epochs[0]

@@ -188,12 +188,12 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
-def install(model: nn.Module, keep_weight: torch.dtype | None = None, free_bytes: int | None = None) -> int:
+def install(model: nn.Module, keep_weight: torch.dtype | None = None, keep_block_scales: bool = True) -> int:
     """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many. With
-    ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`); else their block
-    scales are, where they fit in ``free_bytes`` (:func:`keep_scales`)."""
+    ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`); else, with
+    ``keep_block_scales``, their block scales are (accel.plan decides both)."""
     layers = fused_layers(model)
-    keep = keep_weight is None and keep_scales([layer.get_base_layer() for layer in layers], free_bytes)
+    keep = keep_weight is None and keep_block_scales
     for layer in layers:
         layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep, keep_weight)
         layer.forward = types.MethodType(fused_forward, layer)

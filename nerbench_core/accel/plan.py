@@ -34,6 +34,7 @@ class AccelPlan:
     torch_compile: Lever  # regional torch.compile of the repeated layers
     fused_lora: Lever  # each LoRA projection as one autograd function
     keep_dequantized: Lever  # the frozen 4-bit weights dequantized once and kept
+    block_scales: Lever  # or only their block scales (double quantization), where the weights are not kept
     gradient_checkpointing: Lever
     cuda_graphs: Lever  # training steps replayed from CUDA graphs
     sdpa_without_cudnn: Lever  # SDPA's shape-agnostic kernels instead of cuDNN's, which re-plans for every shape
@@ -52,70 +53,118 @@ class AccelPlan:
 
 
 def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
-    t = spec.train
-    cuda = torch.cuda.is_available()
-    base = built.transformers_model
-    own = built.backend.own_kernels
-    free = device_memory.free_bytes()
-    dtype = compute_dtype(spec)
+    """Each lever's decision for this case, in the order their memory depends on each other."""
+    case = _Case(spec, built, device_memory.free_bytes())
+    fused = case.fused_lora()
+    keep = case.keep_dequantized(fused)
+    checkpointing = case.gradient_checkpointing(keep)
+    return AccelPlan(liger=case.liger(), torch_compile=case.torch_compile(), fused_lora=fused, keep_dequantized=keep,
+                     block_scales=case.block_scales(fused, keep), gradient_checkpointing=checkpointing,
+                     cuda_graphs=case.cuda_graphs(checkpointing), sdpa_without_cudnn=case.sdpa(),
+                     free_bytes=case.free)
 
-    def off_for_backend(lever_on: bool) -> str | None:
-        if not lever_on:
+
+class _Case:
+    """What the decisions read: the spec's switches, the model as built, the memory left on its device."""
+
+    def __init__(self, spec, built, free: int | None):
+        self.spec, self.t, self.built, self.free = spec, spec.train, built, free
+        self.cuda = torch.cuda.is_available()
+        self.base = built.transformers_model  # None where the backend wraps the model in one of its own
+        self.dtype = compute_dtype(spec)
+        self.layers = lora_kernels.fused_layers(built.model)
+        self.bases = [layer.get_base_layer() for layer in self.layers]
+
+    def not_ours(self, asked: bool) -> str | None:
+        """Why one of nerbench's own levers is off before anything else is looked at, or None."""
+        if not asked:
             return "not asked for"
-        if own or base is None:
-            return f"the {built.backend.name} backend has its own kernels"
+        if self.built.backend.own_kernels or self.base is None:
+            return f"the {self.built.backend.name} backend has its own kernels"
         return None
 
-    # liger: CUDA, liger-kernel installed and knowing the model type; compiled layers get inductor's fusions instead
-    why = off_for_backend(t.fused_kernels) or ("no CUDA" if not cuda else "torch.compile fuses instead"
-                                               if t.torch_compile else None)
-    if why is None:
-        known = liger.model_type_known(base.config.model_type)
-        why = "liger-kernel not installed" if known is None else None if known else f"{base.config.model_type} unknown"
-    liger_lever = Lever(why is None, why or "rms_norm, swiglu")
+    def liger(self) -> Lever:
+        """CUDA, liger-kernel installed and knowing the model type; compiled layers get inductor's fusions instead."""
+        why = self.not_ours(self.t.fused_kernels)
+        if why is None and not self.cuda:
+            why = "no CUDA"
+        if why is None and self.t.torch_compile:
+            why = "torch.compile fuses instead"
+        if why is None:
+            known = liger.model_type_known(self.base.config.model_type)
+            why = "liger-kernel not installed" if known is None else None if known else (
+                f"{self.base.config.model_type} unknown to liger-kernel")
+        return Lever(why is None, why or "asked for", "rms_norm, swiglu" if why is None else "")
 
-    why = off_for_backend(t.torch_compile)
-    blocks = compiling.repeated_blocks(base) if why is None else []
-    if why is None and not blocks:
-        raise ValueError(f"{spec.name}: torch_compile found no repeated layers to compile")
-    compile_lever = Lever(why is None, why or "asked for", f"{len(blocks)} x {type(blocks[0]).__name__}" if blocks else "")
+    def torch_compile(self) -> Lever:
+        why = self.not_ours(self.t.torch_compile)
+        if why is not None:
+            return Lever(False, why)
+        blocks = compiling.repeated_blocks(self.base)
+        if not blocks:
+            raise ValueError(f"{self.spec.name}: torch_compile found no repeated layers to compile")
+        return Lever(True, "asked for", f"{len(blocks)} x {type(blocks[0]).__name__}")
 
-    why = off_for_backend(t.fused_lora) or ("torch.compile fuses instead" if t.torch_compile else None)
-    layers = lora_kernels.fused_layers(built.model) if why is None else []
-    if why is None and not layers:
-        why = "no LoRA projections"
-    fused = Lever(why is None, why or "asked for", f"{len(layers)} projections" if layers else "")
+    def fused_lora(self) -> Lever:
+        why = self.not_ours(self.t.fused_lora)
+        if why is None and self.t.torch_compile:
+            why = "torch.compile fuses instead"
+        if why is None and not self.layers:
+            why = "no LoRA projections"
+        return Lever(why is None, why or "asked for", f"{len(self.layers)} projections" if why is None else "")
 
-    # the step's activations without checkpointing, against the memory left once the model is loaded
-    tokens = memory.tokens_per_step(t)
-    room = (memory.room_beside_activations(base.config, tokens, free, torch.finfo(dtype).bits // 8,
-                                          lm_head=spec.paradigm == "generative") if base is not None else None)
-    bases = [layer.get_base_layer() for layer in layers]
-    need = lora_kernels.dequantized_bytes(bases, dtype)
-    keep = fused.on and lora_kernels.keep_weights(t.keep_dequantized, bases, dtype, room)
-    keep_lever = Lever(keep, ("asked for" if t.keep_dequantized is True else "fits beside the activations") if keep
-                       else "no 4-bit weights" if fused.on and not need else
-                       "does not fit beside the activations" if fused.on and t.keep_dequantized == "auto" else
-                       "not asked for" if fused.on else "needs fused LoRA",
-                       f"{dtype_name(dtype)}, {need / 1e9:.1f} GB" if keep else "")
+    def room(self) -> int | None:
+        """The memory left beside a step's activations without checkpointing (None where it cannot be known)."""
+        if self.base is None:
+            return None
+        return memory.room_beside_activations(self.base.config, memory.tokens_per_step(self.t), self.free,
+                                              torch.finfo(self.dtype).bits // 8,
+                                              lm_head=self.spec.paradigm == "generative")
 
-    if own or base is None:  # the backend decided when it loaded: its own checkpointing for true and "auto"
-        checkpointing = t.gradient_checkpointing is not False
-        why = f"the {built.backend.name} backend's own"
-    else:
-        checkpointing = memory.use_checkpointing(t.gradient_checkpointing,
-                                                 None if room is None else room - (need if keep else 0))
-        why = ("asked for" if t.gradient_checkpointing != "auto" else
-               "activations do not fit" if checkpointing else "activations fit")
-    checkpointing_lever = Lever(checkpointing, why)
+    def kept_bytes(self) -> int:
+        return lora_kernels.dequantized_bytes(self.bases, self.dtype)
 
-    why = ("not asked for" if not t.cuda_graphs else "no CUDA" if not cuda else
-           "gradient checkpointing" if checkpointing else "torch.compile" if t.torch_compile else
-           off_for_backend(True))
-    graphs = Lever(why is None, why or "asked for")
+    def keep_dequantized(self, fused: Lever) -> Lever:
+        """Only where the weights fit beside the activations without checkpointing: keeping them must never turn
+        checkpointing on, which costs more than dequantizing."""
+        setting, need = self.t.keep_dequantized, self.kept_bytes()
+        if not fused.on:
+            return Lever(False, "needs fused LoRA")
+        if not need:
+            return Lever(False, "no 4-bit weights")
+        if not lora_kernels.keep_weights(setting, self.bases, self.dtype, self.room()):
+            return Lever(False, "does not fit beside the activations" if setting == "auto" else "not asked for")
+        return Lever(True, "asked for" if setting is True else "fits beside the activations",
+                     f"{dtype_name(self.dtype)}, {need / 1e9:.1f} GB")
 
-    sdpa = Lever(cuda, "every batch shape would re-plan cuDNN's kernel" if cuda else "no CUDA")
-    return AccelPlan(liger_lever, compile_lever, fused, keep_lever, checkpointing_lever, graphs, sdpa, free)
+    def block_scales(self, fused: Lever, keep: Lever) -> Lever:
+        """The 4-bit weights' block scales dequantized once (where the weights themselves are not kept)."""
+        if not fused.on or keep.on or not any(getattr(b.weight, "quant_state", None) for b in self.bases):
+            return Lever(False, "needs fused LoRA" if not fused.on else "weights kept whole" if keep.on
+                         else "no 4-bit weights")
+        kept = lora_kernels.keep_scales(self.bases, self.free)
+        return Lever(kept, "fit in a twentieth of the free memory" if kept else "over a twentieth of the free memory")
+
+    def gradient_checkpointing(self, keep: Lever) -> Lever:
+        setting = self.t.gradient_checkpointing
+        if self.built.backend.own_kernels or self.base is None:  # decided when it loaded: its own, for true and auto
+            return Lever(setting is not False, f"the {self.built.backend.name} backend's own")
+        room = self.room()
+        if room is not None and keep.on:
+            room -= self.kept_bytes()
+        on = memory.use_checkpointing(setting, room)
+        return Lever(on, "asked for" if setting != "auto" else "activations do not fit" if on else "activations fit")
+
+    def cuda_graphs(self, checkpointing: Lever) -> Lever:
+        """Not with checkpointing (its recomputation saves and restores random states inside the backward) nor
+        torch.compile (its own graphs would nest)."""
+        why = (self.not_ours(self.t.cuda_graphs) or ("no CUDA" if not self.cuda else None)
+               or ("gradient checkpointing" if checkpointing.on else None)
+               or ("torch.compile" if self.t.torch_compile else None))
+        return Lever(why is None, why or "asked for")
+
+    def sdpa(self) -> Lever:
+        return Lever(self.cuda, "every batch shape would re-plan cuDNN's kernel" if self.cuda else "no CUDA")
 
 
 def apply(accel: AccelPlan, spec, built) -> None:
@@ -126,4 +175,4 @@ def apply(accel: AccelPlan, spec, built) -> None:
         compiling.compile_layers(built.transformers_model)
     if accel.fused_lora.on:
         keep = compute_dtype(spec) if accel.keep_dequantized.on else None
-        lora_kernels.install(built.model, keep, accel.free_bytes)
+        lora_kernels.install(built.model, keep, accel.block_scales.on)

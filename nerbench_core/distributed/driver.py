@@ -7,7 +7,7 @@ arrays, or local processes), every job writing its record into the same results 
         [--slurm-param KEY=VALUE ...] -- <the pytest arguments of a local run>
 
 e.g. ``python -m nerbench_core.distributed --engine slurm --slurm-partition gpu --slurm-time 240 -- bench --suite
-offline --quick --seeds 42,43 --results-dir /shared/results`` (this command will become ``nerbench submit``).
+offline --quick --seeds 42,43 --results-dir /shared/results`` (``nerbench submit`` is the same command).
 
 How it goes:
 
@@ -43,7 +43,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -56,7 +55,7 @@ from pathlib import Path
 
 from . import COLLECT_ENV, ITEM_ENV, PLUGIN, STATE_ENV
 
-PROG = "python -m nerbench_core.distributed"
+PROG = "nerbench submit"  # also: python -m nerbench_core.distributed
 # A job's pytest passes what the case prints on to its log as it comes (pytest still reports it): a process that is
 # killed leaves its last words there, not in a capture file that nobody reads. The run's own --capture/-s wins.
 JOB_OPTIONS = ["--capture=tee-sys"]
@@ -132,7 +131,7 @@ def run_job(job: CaseJob) -> dict:
     result = {"returncode": returncode, "seconds": seconds, "host": socket.gethostname()}
     if returncode not in PYTEST_EXIT_CODES:
         result["died"] = how_it_ended(returncode)
-    from . import atomic
+    from .. import atomic
 
     atomic.write_json(job.exit_file, result)
     if "died" in result:
@@ -260,13 +259,12 @@ def make_executor(args, folder: Path):
 
 def local_gpus(text: str | None) -> list[str]:
     """The GPUs local jobs are handed: --gpus, else CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists."""
+    from ..startup import visible_gpus
+
     ids = text if text is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
     if ids is not None:
         return [g.strip() for g in ids.split(",") if g.strip()]
-    if not shutil.which("nvidia-smi"):
-        return []
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout  # does not touch CUDA here
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+    return visible_gpus()
 
 
 def collect(bench_args: list[str], run_dir: Path) -> tuple[dict | None, int]:

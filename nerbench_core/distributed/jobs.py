@@ -52,7 +52,7 @@ def pytest_collection_finish(session):
     out = os.environ.get(COLLECT_ENV)
     if not out:
         return
-    from . import atomic
+    from .. import atomic
 
     config = session.config
     invocation = config.invocation_params
@@ -78,7 +78,7 @@ def pytest_collection_finish(session):
 
 
 def _write_state(update: dict) -> None:
-    from . import atomic
+    from .. import atomic
 
     path = Path(os.environ[STATE_ENV])
     state = json.loads(path.read_text()) if path.is_file() else {}

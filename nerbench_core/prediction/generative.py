@@ -149,7 +149,8 @@ class Prompts:
         target = self.target(words, sent.tags[start:end]) if gold else []
         before, after = self.neighbours(sentences, i)
         prompt = self.with_context(words, before, after, self.answer_room(sent, start, end, gold))
-        return Window(i, start, end, prompt, target, self.max_new_tokens(words))
+        # training windows are never generated from: their bound is not worked out (it tokenizes a long answer)
+        return Window(i, start, end, prompt, target, 0 if gold else self.max_new_tokens(words))
 
     def answer_room(self, sent: Sentence, start: int, end: int, gold: bool) -> int:
         """What a window's prompt leaves room for: its gold target in training, else the words' own tokens and EOS

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .. import atomic
+from ..stats import mean_std
 from .records import RecordError, RunRecord
 
 ALPHA = 0.01  # the gate's false-alarm rate per case
@@ -49,12 +50,10 @@ def gate(f1s: list[float], tolerance: float) -> Gate:
     that fail a run where fewer than MIN_SEEDS seeds are stored."""
     from scipy import stats
 
-    n = len(f1s)
-    mean = sum(f1s) / n
+    mean, std, n = mean_std(f1s)
     if n < MIN_SEEDS:
         return Gate(n, mean, None, mean - tolerance / 100, True,
                     f"{n} stored seed{'s' if n > 1 else ''}: fixed tolerance {tolerance:.2f} points")
-    std = math.sqrt(sum((f - mean) ** 2 for f in f1s) / (n - 1))
     threshold = mean - stats.t.ppf(1 - ALPHA, n - 1) * std * math.sqrt(1 + 1 / n)
     if 100 * (mean - threshold) > NOISY:
         return Gate(n, mean, std, None, False, f"no regression check: seed noise {100 * std:.2f} points over {n} "
@@ -101,9 +100,12 @@ class Baselines:
         found = [RunRecord.from_dict(d) for d in self.runs.get(mode, {}).get(case, [])]
         return [r for r in found if fingerprint is None or r.dataset.get("fingerprint") == fingerprint]
 
+    def f1s(self, case: str, mode: str, fingerprint: str | None) -> list[float]:
+        """The test F1 of a case's stored runs on the data with this fingerprint."""
+        return [r.f1 for r in self.records(case, mode, fingerprint) if r.f1 is not None]
+
     def gate_for(self, record: RunRecord) -> Gate | None:
-        runs = [r.f1 for r in self.records(record.case, record.mode, record.dataset.get("fingerprint"))
-                if r.f1 is not None]
+        runs = self.f1s(record.case, record.mode, record.dataset.get("fingerprint"))
         return gate(runs, self.tolerance) if runs else None
 
     def regression(self, record: RunRecord) -> str | None:

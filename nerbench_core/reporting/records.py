@@ -10,7 +10,7 @@ import datetime as _dt
 import hashlib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-SCHEMA = 2  # 2: config_key, predictions, floor_note; schema 1 records are read and upgraded
+SCHEMA = 2  # 2: config_key, predictions, floor_note; schema 1 records are read (the new fields take defaults)
 STATUSES = ("passed", "failed", "skipped")
 
 

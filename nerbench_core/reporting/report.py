@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .baselines import Baselines, BaselinesError
 from .compare import CompareError, versus
-from .exports import FORMATS, export_run, render_as
+from .exports import FORMATS, TABULATE, export_run, render_as
 from .store import load_records
 from .summary import LEGEND, rows_for
 from .table import Row, columns_for, render_cost, render_time
@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.format not in FORMATS:
         ap.error(f"--format {args.format!r}: expected one of {', '.join(FORMATS)}")
+    outputs = [name for name, given in (("--export", args.export), ("--plot", args.plot),
+                                        ("--save-baselines", args.save_baselines)) if given]
+    for table, given in (("--versus", args.versus), ("--cost", args.cost), ("--time", args.time)):
+        if given and outputs:
+            ap.error(f"{table} prints its own answer; {', '.join(outputs)} go with the comparison table alone")
+    if (args.cost or args.time) and args.format in ("csv", "json"):
+        ap.error(f"--format {args.format}: --cost and --time print markdown, html, latex or text")
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         ap.error(f"not found: {', '.join(missing)}")
@@ -70,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print("nerbench: no records in " + ", ".join(args.paths), file=sys.stderr)
         return 1
     if args.cost or args.time:
-        print(render_cost(records, args.baseline) if args.cost else render_time(records))
+        fmt = TABULATE[args.format]
+        print(render_cost(records, args.baseline, fmt) if args.cost else render_time(records, fmt))
         return 0
     rows = rows_for(records, baselines, versus_best=not args.versus, per_seed=args.per_seed and not args.versus)
     if args.versus:

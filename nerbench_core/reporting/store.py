@@ -65,8 +65,10 @@ class ResultStore:
         return [r for p in sorted(self.folder.glob("*.json")) if (r := read_record(p)) is not None]
 
     def find(self, key: str, case: str | None = None) -> RunRecord | None:
-        """The newest finished record for a run key (an error or a skip is run again)."""
-        hits = [r for r in self.records() if r.run_key == key and (case is None or r.case == case) and r.finished]
+        """The newest finished record for a run key (an error or a skip is run again). Only the files named for the
+        key are read (path_for): a results folder of thousands of records is not read once per case."""
+        found = [r for p in sorted(self.folder.glob(f"*-{key}.json")) if (r := read_record(p)) is not None]
+        hits = [r for r in found if r.run_key == key and (case is None or r.case == case) and r.finished]
         return max(hits, key=lambda r: r.created) if hits else None
 
 

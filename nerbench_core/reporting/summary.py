@@ -16,8 +16,7 @@ def rows_for(records: list[RunRecord], baselines: Baselines | None = None, versu
     rows = fold(records, per_seed)
     if baselines is not None:
         for row in rows:
-            stored = [r.f1 for r in baselines.records(row.first.case, row.first.mode, row.first.dataset.get("fingerprint"))
-                      if r.f1 is not None]
+            stored = baselines.f1s(row.first.case, row.first.mode, row.first.dataset.get("fingerprint"))
             row.baseline = sum(stored) / len(stored) if stored else None
     if versus_best:
         mark_versus_best(rows)

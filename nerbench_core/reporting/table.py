@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 
 from tabulate import tabulate
 
+from ..stats import mean_std
 from .records import RunRecord
 
 ENTITY_TYPES = ("PER", "LOC", "ORG", "MISC")
@@ -25,6 +26,7 @@ class Row:
     records: list[RunRecord]
     baseline: float | None = None  # the stored baseline's mean F1, when comparing
     versus_best: str = ""  # ΔF1 to the best row, marked where significant (filled in by the caller)
+    speedup: str = ""  # steady tokens/s against the baseline set-up's (cost_rows)
     floor: float | None = None  # the floor judged against (the current spec's where known, else the record's)
     floor_note: str = ""
 
@@ -42,8 +44,7 @@ class Row:
 
     @property
     def std(self) -> float | None:
-        f = self.f1s
-        return math.sqrt(sum((x - self.mean) ** 2 for x in f) / (len(f) - 1)) if len(f) > 1 else None
+        return mean_std(self.f1s)[1] if self.f1s else None
 
     def metric(self, key: str, split: str = "test") -> float | None:
         values = [r.metrics.get(split, {}).get(key) for r in self.records]
@@ -233,7 +234,9 @@ def columns_for(choice: str, rows: list[Row]) -> list[Column]:
     every = list(COLUMNS)
     at = [c.header for c in every].index(TYPE_COLUMNS_AFTER) + 1
     every[at:at] = [Column(c.header, c.value, ("all",)) for c in type_columns(rows)]
-    if choice in ("default", "all", "cost", "time"):
+    if choice in ("cost", "time"):  # the speed or time table's columns, a row per configuration
+        return [c for c in COLUMNS if choice in c.sets] + (COST_COLUMNS if choice == "cost" else TIME_COLUMNS)
+    if choice in ("default", "all"):
         return [c for c in every if choice in c.sets and c.when(rows)]
     by_header: dict[str, Column] = {}
     for c in every + COST_COLUMNS + TIME_COLUMNS:  # the main table's column where two share a header (status)
@@ -278,7 +281,7 @@ COST_COLUMNS: list[Column] = [
     Column("steps", _fixed("train_steps"), ("cost",)),
     Column("real tok/s", _fixed("train_tokens_per_second"), ("cost",)),
     Column("steady tok/s", _fixed("train_tokens_per_second_steady"), ("cost",)),
-    Column("vs baseline", lambda r: r.versus_best, ("cost",)),
+    Column("vs baseline", lambda r: r.speedup, ("cost",)),
     Column("padding", _fixed("padding_fraction", scale=100, suffix="%"), ("cost",)),
     Column("peak GiB (alloc / reserved)", _peak, ("cost",)),
     Column("MFU", lambda r: _fixed("mfu", 1, 100, "%")(r) if r.cost("mfu") else "", ("cost",)),
@@ -297,7 +300,7 @@ def cost_rows(records: list[RunRecord], baseline: str | None = None) -> tuple[li
         steady = "train_tokens_per_second_steady"
         key = steady if mine.get(steady) and base.get(steady) else "train_tokens_per_second"
         if mine.get(key) and base.get(key):
-            row.versus_best = f"{mine[key] / base[key]:.2f}x"
+            row.speedup = f"{mine[key] / base[key]:.2f}x"
     return cells(rows, [c for c in COLUMNS if "cost" in c.sets] + COST_COLUMNS)
 
 

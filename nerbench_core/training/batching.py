@@ -97,6 +97,12 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return len(self._batches)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The Trainer names each epoch before it starts: a run resumed at epoch k gets epoch k's batches, as an
+        uninterrupted run would."""
+        if epoch != self.epoch:
+            self.epoch, self._batches = epoch, self._make(epoch)
+
     def __iter__(self):
         batches, self.epoch = self._batches, self.epoch + 1
         self._batches = self._make(self.epoch)  # the next epoch's (same count within a batch or two)

@@ -151,6 +151,8 @@ class Progress(TrainerCallback):
         self.start = self.last = 0.0
         self.loss: float | None = None
         self.first_step = 0
+        self.paused_at: float | None = None  # an epoch's end: dev scoring (and a checkpoint) until the next step
+        self.paused = 0.0  # seconds not spent training, left out of the rate and the time left
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.last = time.perf_counter()
@@ -162,8 +164,13 @@ class Progress(TrainerCallback):
         if logs and "loss" in logs:
             self.loss = logs["loss"]
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.paused_at is not None:
+            self.paused += time.perf_counter() - self.paused_at
+            self.paused_at = None
+
     def _event(self, state, kind: str) -> dict:
-        elapsed = time.perf_counter() - self.start
+        elapsed = time.perf_counter() - self.start - self.paused
         done = state.global_step - self.first_step
         left = state.max_steps - state.global_step
         return {"event": kind, "step": state.global_step, "steps": state.max_steps, "epoch": round(state.epoch or 0, 2),
@@ -178,6 +185,7 @@ class Progress(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.report(self._event(state, "epoch"))
+        self.paused_at = time.perf_counter()
 
 
 class ProfileSteps(TrainerCallback):
