@@ -5,7 +5,6 @@ This is the only training path; every model, method, paradigm, attention mode an
 from __future__ import annotations
 
 import gc
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -77,7 +76,6 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
                         checkpoints=checkpoints, select_on_dev=select_on_dev, report=report,
                         report_to=opts.report_to,
                         profile=opts.profile_dir / f"{spec.name}.txt" if opts.profile_dir else None)
-        shutil.rmtree(work, ignore_errors=True)  # trained: its checkpoints are not needed (a rerun starts afresh)
 
         # 5. test, scored once, with the weights of the kept epoch
         test = task.predict(built.model, "test")

@@ -93,6 +93,8 @@ class Session:
                 self.records.append(failed)
                 raise CaseFailed(f"{failed.error}\n{failed.cost['traceback']}")
             self.store.write(result.record, result.predictions)
+            # recorded: the case's checkpoints are not needed any more (a rerun starts afresh)
+            shutil.rmtree(work_dir(run_spec, dataset, self.options), ignore_errors=True)
             self.running = None
             self.records.append(result.record)
             return Outcome(result.record)

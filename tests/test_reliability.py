@@ -206,3 +206,32 @@ def test_bitsandbytes_says_nothing_about_kernels_it_does_not_need():
     out = subprocess.run([sys.executable, "-c", "import nerbench_core, bitsandbytes, peft"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0 and "kernels-community" not in out.stderr + out.stdout
+
+
+def test_a_recorded_case_leaves_no_checkpoints_and_a_rerun_starts_afresh(tmp_path, monkeypatch):
+    """Checkpoints are what a killed case continues from: once its record is written they go, and --rerun never
+    continues from an earlier run's (it would train nothing and report the old model)."""
+    from nerbench_core import runner
+    from nerbench_core.data import load_conll_dir
+    from nerbench_core.options import RunOptions
+    from nerbench_core.session import Session
+    from nerbench_core.specs import ModelSpec
+
+    dataset = load_conll_dir(make_conll_dir(tmp_path / "data"))
+    opts = RunOptions(cache_dir=tmp_path / "cache")
+    spec = ModelSpec(name="m", model="unused")
+    work = runner.work_dir(runner.effective_spec(spec, opts), dataset, opts)
+    seen = []
+
+    def fake_case(spec, dataset, opts, report=None):
+        seen.append(work.exists())  # what the training would continue from
+        (work / "checkpoint-8").mkdir(parents=True)
+        record = runner.new_record(spec, dataset, opts, "passed", metrics={"test": {"f1": 0.5}})
+        return runner.CaseResult(record, {})
+
+    monkeypatch.setattr(runner, "run_case", fake_case)
+    Session(opts, tmp_path / "results").run(spec, dataset)
+    assert seen == [False] and not work.exists()
+    (work / "checkpoint-8").mkdir(parents=True)  # left by an earlier run that was killed
+    Session(opts, tmp_path / "results", rerun=True).run(spec, dataset)
+    assert seen == [False, False] and not work.exists()
