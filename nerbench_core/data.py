@@ -5,18 +5,17 @@ file, the line and the problem, and nothing half-loaded goes on to training.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import random
 import re
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import atomic
+from .known_data import DataIdentity, identify
 
 SPLITS = ("train", "dev", "test")
 # Hub split names differ from the file names.
@@ -166,7 +165,7 @@ def read_conll(path: str | Path) -> list[Sentence]:
         raise ConllFormatError(path, None, "file not found")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is not part of the first word
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ConllFormatError(path, line, f"not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
@@ -307,6 +306,8 @@ def to_json(dataset: NerDataset) -> dict:
 
 
 def from_json(obj: dict) -> NerDataset:
+    if set(obj["splits"]) != set(SPLITS):
+        raise ValueError(f"splits {sorted(obj['splits'])}, not {list(SPLITS)}")
     splits = {
         name: [Sentence(tuple(w), tuple(t), d, ln) for w, t, d, ln in rows] for name, rows in obj["splits"].items()
     }
@@ -340,37 +341,3 @@ def load_cached(data_dir: str | Path | None, cache_dir: str | Path, hub_name: st
         dataset = load_conll_dir(data_dir) if data_dir is not None else load_hub(hub_name)
         atomic.write_text(target, json.dumps(to_json(dataset)))
         return dataset
-
-
-# ---------------------------------------------------------------- which data set this is
-
-DATASETS = Path(__file__).resolve().parent.parent / "bench" / "datasets.toml"
-
-
-@dataclass(frozen=True)
-class DataIdentity:
-    """A data set as floors name it: its name in bench/datasets.toml where it is a known one, and its fingerprint."""
-
-    name: str
-    fingerprint: str
-
-    def matches(self, data: str) -> bool:
-        """A floor's ``data``: a known data set's name, or a fingerprint."""
-        return data in (self.name, self.fingerprint) and bool(data)
-
-
-@functools.cache
-def known_datasets(path: Path = DATASETS) -> dict[str, dict]:
-    return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def identify(full_fingerprint: str, sizes: dict[str, int] | None, types: tuple[str, ...]) -> DataIdentity:
-    """The known data set with this fingerprint; else one with these exact split sizes and entity types (the same
-    data read another way, e.g. from the hub); else an unnamed one."""
-    for name, entry in known_datasets().items():
-        if full_fingerprint in entry.get("fingerprints", []):
-            return DataIdentity(name, full_fingerprint)
-    for name, entry in known_datasets().items():
-        if sizes and entry.get("sentences") == sizes and tuple(sorted(entry.get("types", []))) == types:
-            return DataIdentity(name, full_fingerprint)
-    return DataIdentity("", full_fingerprint)

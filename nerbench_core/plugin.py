@@ -324,16 +324,21 @@ def pytest_sessionfinish(session):
     run.unavailable = list(_UNAVAILABLE)
     if run.unavailable and not config.getoption("--skip-unavailable") and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a green run must mean every selected case ran
+    if config.getoption("--shard") and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # a shard with no case of its own (fewer cases than hosts) is done
 
 
 def pytest_keyboard_interrupt(excinfo):
     """Ctrl-C: say which case was cut off and that nothing was recorded for it (records are written whole or not
     at all); a long LoRA case keeps its last complete epoch and continues from it next time."""
     for run in _RUNS:
-        cases = [run.session.running] if run.session.running else ["the cases in progress"]
-        for case in cases:
-            print(f"\nnerbench: interrupted in case {case}: nothing was recorded for it (finished cases keep their "
-                  "records; a full-data LoRA case continues from its last complete epoch next time)", flush=True)
+        if run.session.running:
+            print(f"\nnerbench: interrupted in case {run.session.running}: nothing was recorded for it (finished "
+                  "cases keep their records; a full-data LoRA case continues from its last complete epoch next time)",
+                  flush=True)
+        else:
+            print("\nnerbench: interrupted; finished cases keep their records, nothing was recorded for any other",
+                  flush=True)
 
 
 _RUNS: list[_Run] = []  # this process's runs, for the interrupt hook (it is given no config)

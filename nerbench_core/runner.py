@@ -120,7 +120,10 @@ def synthetic(spec: ModelSpec) -> ModelSpec:
 
 
 def key_for(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> str:
-    return run_key(spec.hash(), dataset.fingerprint, spec.train.seed, opts.mode, opts.synthetic)
+    """A run's identity. A --label (an experiment's name) and a --gpu-memory cap (which changes what "auto" decides)
+    make other runs than the plain one, whose key stays what it always was."""
+    setup = "".join(f"|{k}={v}" for k, v in (("label", opts.label), ("gpu_memory_gb", opts.gpu_memory_gb)) if v)
+    return run_key(spec.hash() + setup, dataset.fingerprint, spec.train.seed, opts.mode, opts.synthetic)
 
 
 def work_dir(spec: ModelSpec, dataset: NerDataset, opts: RunOptions) -> Path:

@@ -4,10 +4,12 @@ No pytest here: the plugin creates one of these and its hooks call into it.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import traceback
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -60,12 +62,14 @@ class Session:
         key = key_for(run_spec, dataset, self.options)
         # one process at a time per run key, wherever it runs on this results folder: a second one waits, then finds
         # the first one's record
-        (self.store.folder / ".locks").mkdir(exist_ok=True)
-        with atomic.lock(self.store.folder / ".locks" / key):
+        with self.case_lock(key, f"{spec.name} (seed {run_spec.train.seed})"):
             stored = None if self.rerun else self.store.find(key, spec.name)
             if stored is not None:  # judged against the floor the spec has now, not the one it had then
                 stored.floor, stored.floor_note = floor_of(run_spec, dataset, self.options)
                 stored.reused = True
+                if self.options.save_models or self.options.profile_dir:
+                    warnings.warn(f"{spec.name} (seed {run_spec.train.seed}) is reused from its record: nothing saved "
+                                  "or profiled for it (--rerun trains it again)")
                 self.records.append(judge(stored))
                 return Outcome(stored, reused=True)
             if self.rerun:  # trained again from the start, not continued from a checkpoint of an earlier run
@@ -98,6 +102,23 @@ class Session:
             self.running = None
             self.records.append(result.record)
             return Outcome(result.record)
+
+    @contextlib.contextmanager
+    def case_lock(self, key: str, label: str):
+        """Held while a run key's case runs, by whichever process on this results folder runs it; a second one
+        says that it waits."""
+        (self.store.folder / ".locks").mkdir(exist_ok=True)
+        lock = atomic.lock(self.store.folder / ".locks" / key)
+        try:
+            lock.acquire(timeout=5)
+        except TimeoutError:  # filelock's Timeout is one
+            print(f"nerbench: {label} is being run by another process on {self.store.folder}: waiting for its "
+                  "record", flush=True)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def record_crash(self, nodeid: str, reason: str) -> RunRecord:
         """A case whose process died: a failed record with the reason (no run key: it is never reused). The case and

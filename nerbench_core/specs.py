@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import tomllib
 import types
@@ -75,8 +76,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = [f"{k} = {getattr(self, k)!r}: {why}" for k, ok, why in (
-            ("learning_rate", self.learning_rate > 0, "must be > 0"),
-            ("epochs", self.epochs > 0, "must be > 0 (training nothing would pass any floor)"),
+            ("learning_rate", 0 < self.learning_rate < math.inf, "must be > 0 and finite"),
+            ("epochs", 0 < self.epochs < math.inf, "must be > 0 (training nothing would pass any floor) and finite"),
+            ("seed", 0 <= self.seed < 2**32, "must be in [0, 2**32)"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("eval_batch_size", self.eval_batch_size >= 1, "must be >= 1"),
             ("max_length", self.max_length >= 4, "must be >= 4 (special tokens and a word)"),
@@ -113,9 +115,14 @@ class Floor:
     source: str = ""  # where the number came from (a baseline run, a paper), kept beside it
 
     def __post_init__(self) -> None:
+        from .known_data import known_datasets
+
         if not self.data:
             raise SpecError("a floor needs `data`: the data set it was measured on (a name in bench/datasets.toml, "
                             "e.g. \"conll2003\", or the data fingerprint a record shows)")
+        if self.data not in known_datasets() and not re.fullmatch(r"[0-9a-f]{16}", self.data):
+            raise SpecError(f"floor data {self.data!r}: neither a data set of bench/datasets.toml "
+                            f"({', '.join(known_datasets())}) nor a data fingerprint (16 hex digits, as records show)")
         for k in ("f1", "quick"):
             v = getattr(self, k)
             if v is not None and not 0 <= v <= 1:
@@ -167,6 +174,10 @@ class ModelSpec:
             raise SpecError(f"{where}: context_sentences must be >= 0")
         if len(set(self.seeds)) != len(self.seeds):
             raise SpecError(f"{where}: seeds {list(self.seeds)} repeat a seed")
+        if any(not 0 <= seed < 2**32 for seed in self.seeds):
+            raise SpecError(f"{where}: seeds {list(self.seeds)}: each must be in [0, 2**32)")
+        if self.bidirectional_layers is not None and self.bidirectional_layers < 1:
+            raise SpecError(f"{where}: bidirectional_layers must be >= 1 (or left out: every layer)")
         if self.method in ("lora", "qlora") and self.lora is None:
             object.__setattr__(self, "lora", LoraSpec())
         if self.method == "full" and self.lora is not None:
@@ -205,8 +216,10 @@ class ModelSpec:
                 if value is None:
                     return None, f"no {'quick ' if quick else ''}floor for {floor.data}"
                 return value, f"floor for {floor.data}: {floor.source or 'source unstated'}"
+        if not self.floor:
+            return None, "no floor set"
         named = ", ".join(f.data for f in self.floor)
-        return None, f"no floor for this data ({data.name or data.fingerprint})" + (f"; floors: {named}" if named else "")
+        return None, f"no floor for this data ({data.name or data.fingerprint}; floors: {named})"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

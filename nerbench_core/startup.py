@@ -7,6 +7,7 @@ No pytest here: ``config`` is duck-typed (``getoption``, ``args``, ``option``, `
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import shutil
@@ -57,6 +58,10 @@ def pin_gpu(config) -> int:
     given = config.getoption("--gpus")
     if given and not all(GPU_ID.match(g.strip()) for g in given.split(",")):
         raise StartupError(f"--gpus {given!r}: expected GPU indices or UUIDs separated by commas, e.g. 0,1")
+    present = visible_gpus() if given else []
+    missing = [g for g in (given or "").split(",") if g.strip().isdigit() and present and g.strip() not in present]
+    if missing:
+        raise StartupError(f"--gpus {given!r}: no GPU {', '.join(missing)} here (nvidia-smi lists {', '.join(present)})")
     ids = given or os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = [g.strip() for g in ids.split(",") if g.strip()] if ids else visible_gpus()
     worker = getattr(config, "workerinput", {}).get("workerid")
@@ -108,8 +113,10 @@ def run_options(config, shared_by: int):
             parse_override(f"epochs={opt('--epochs')}")
     except SpecError as err:
         raise StartupError(str(err)) from None
-    if opt("--gpu-memory") is not None and opt("--gpu-memory") <= 0:
+    if opt("--gpu-memory") is not None and not 0 < opt("--gpu-memory") < math.inf:
         raise StartupError(f"--gpu-memory {opt('--gpu-memory')}: expected a size in GB > 0")
+    if not 0 <= opt("--compare-fail") < math.inf:
+        raise StartupError(f"--compare-fail {opt('--compare-fail')}: expected F1 points >= 0")
 
     def folder(name):
         return Path(opt(name)).resolve() if opt(name) else None
@@ -135,6 +142,7 @@ def check_before_training(config, options) -> None:
     except SpecError as err:
         raise StartupError(str(err)) from None
     check_optimizers(specs, options)
+    check_models(specs, options)
     if opt("--seeds") is not None:
         seeds_option(config)
     folders = [("--results-dir", Path(opt("--results-dir"))), ("--cache-dir", options.cache_dir)]
@@ -158,6 +166,8 @@ def check_before_training(config, options) -> None:
             if problem:
                 raise StartupError(problem)
     if opt("--export"):
+        if Path(opt("--export")).is_dir():
+            raise StartupError(f"--export {opt('--export')}: a folder; the export is one JSON file")
         problem = atomic.check_writable(Path(opt("--export")).resolve().parent, "--export")
         if problem:
             raise StartupError(problem)
@@ -168,6 +178,25 @@ def check_before_training(config, options) -> None:
     logger = opt("--report-to")
     if logger != "none" and importlib.util.find_spec(logger) is None:
         raise StartupError(f"--report-to {logger}: the {logger} package is not installed (pip install {logger})")
+
+
+def check_models(specs, options) -> None:
+    """What can be known of each case's model before any loads: --synthetic needs an architecture it knows; a model
+    given as a local path (absolute, ./, ../ or ~) must be there (a hub id cannot be checked without the hub)."""
+    from .architectures import architecture
+    from .specs import SpecError
+
+    for spec in specs:
+        where = f"{spec.suite}: model {spec.name!r}"
+        if options.synthetic:
+            if not spec.architecture:
+                raise StartupError(f"{where}: --synthetic needs `architecture` (a name in bench/architectures.toml)")
+            try:
+                architecture(spec.architecture)
+            except SpecError as err:
+                raise StartupError(f"{where}: {err}") from None
+        elif spec.model.startswith(("/", "./", "../", "~")) and not Path(spec.model).expanduser().exists():
+            raise StartupError(f"{where}: model {spec.model!r}: no such folder")
 
 
 def check_optimizers(specs, options) -> None:
@@ -182,7 +211,7 @@ def check_optimizers(specs, options) -> None:
             try:  # --set may make a spec invalid (e.g. attention=bidirectional for an encoder)
                 name = spec.for_run(quick, **options.overrides).train.optimizer
             except SpecError as err:
-                raise StartupError(f"--set with {spec.suite}: model {spec.name!r}: {err}") from None
+                raise StartupError(f"--set: {err}") from None
             if name not in known:
                 where = "--set optimizer" if options.overrides.get("optimizer") == name else (
                     f"{spec.suite}: model {spec.name!r}: {'quick.' if quick and 'optimizer' in spec.quick else 'train.'}"
@@ -198,8 +227,8 @@ def seeds_option(config) -> tuple[int, ...] | None:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise StartupError(f"--seeds {text!r}: expected a comma-separated list of integers, e.g. 42,43,44") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise StartupError(f"--seeds {text!r}: expected distinct integers, e.g. 42,43,44")
+    if not seeds or len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**32 for s in seeds):
+        raise StartupError(f"--seeds {text!r}: expected distinct integers in [0, 2**32), e.g. 42,43,44")
     return seeds
 
 

@@ -180,11 +180,11 @@ def test_report_exports_every_format_and_refuses_unknown_ones(tmp_path, capsys):
     from nerbench_core.reporting.report import main
 
     ResultStore(tmp_path / "r").write(record("m", f1=0.8))
-    for fmt, check in (("csv", lambda out: next(csv.reader(io.StringIO(out)))[:2] == ["model", "data"]),
+    for fmt, check in (("csv", lambda out: next(csv.reader(io.StringIO(out)))[:2] == ["model", "method"]),
                        ("json", lambda out: json.loads(out)[0]["model"] == "m"),
-                       ("markdown", lambda out: out.startswith("| model")),
-                       ("html", lambda out: out.startswith("<table>")),
-                       ("latex", lambda out: out.startswith("\\begin{tabular}"))):
+                       ("markdown", lambda out: out.startswith("data: f, quick\n| model")),  # one data set: a line
+                       ("html", lambda out: "<table>" in out),
+                       ("latex", lambda out: "\\begin{tabular}" in out)):
         assert main([str(tmp_path / "r"), "--format", fmt]) == 0
         out = capsys.readouterr().out
         assert check(out), (fmt, out[:200])
@@ -217,7 +217,7 @@ def test_seeds_fold_into_one_row_with_mean_and_standard_deviation():
     (row,) = fold(runs)
     assert "82.00 ± 2.00 (n=3)" in render([row])
     assert len(fold(runs, per_seed=True)) == 3  # on request, a row per seed
-    assert len(render([row], "all").splitlines()) == 3  # header, rule, one row
+    assert [line[:4] for line in render([row], "all").splitlines()] == ["data", "| mo", "|---", "| m "]  # one row
 
 
 def test_the_regression_gate_knows_the_seed_noise(tmp_path):

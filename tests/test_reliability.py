@@ -112,7 +112,7 @@ def test_stray_json_in_the_results_folder_is_passed_over_with_one_warning(bench)
     assert result.ret == 0
     out = result.stdout.str()
     for name, why in (("stray.json", "a JSON list"), ("null.json", "a JSON NoneType"), ("half.json", "missing run_key")):
-        assert out.count(f"{name}: skipped, not a nerbench record") == 1 and why in out, out[-3000:]
+        assert out.count(f"{name}: skipped, not a record this nerbench can read") == 1 and why in out, out[-3000:]
     (record,) = results.glob("tiny-bert-*.json")
     assert oct(record.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # readable by others, as files normally are
     assert list(results.glob("tiny-bert-*.test.conll")) and list(results.glob("tiny-bert-*.dev.conll"))

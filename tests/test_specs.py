@@ -75,7 +75,7 @@ def test_hash_follows_what_changes_results_and_quick_overrides_apply(tmp_path):
     conll, other = DataIdentity("conll2003", "fp1"), DataIdentity("", "fp2")
     assert spec.floor_for(False, conll) == (0.5, "floor for conll2003: source unstated")
     assert spec.floor_for(True, conll) == (None, "no quick floor for conll2003")
-    assert spec.floor_for(False, other) == (None, "no floor for this data (fp2); floors: conll2003")
+    assert spec.floor_for(False, other) == (None, "no floor for this data (fp2; floors: conll2003)")
 
 
 def test_command_line_overrides_are_typed_and_checked():

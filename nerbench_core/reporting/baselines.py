@@ -120,7 +120,14 @@ class Baselines:
         """Add finished, real (not synthetic) runs of the suites' own set-up (no --label: a label marks an experiment):
         a seed already stored for a case and data is replaced, others are added. Their saved predictions are copied,
         gzipped, into the folder beside the file (``baselines/`` for ``baselines.json``), so that verdicts and error
-        analyses can be made from the baselines alone."""
+        analyses can be made from the baselines alone. The file is read again and written under a lock: shards or
+        hosts merging into one file lose nothing."""
+        with atomic.lock(self.path):
+            if self.path.exists():
+                self.runs = Baselines.load(self.path, self.tolerance).runs
+            return self._merge(records)
+
+    def _merge(self, records: Iterable[RunRecord]) -> Path:
         for r in records:
             if not r.finished or r.synthetic or r.label:
                 continue

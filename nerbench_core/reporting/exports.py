@@ -10,10 +10,8 @@ import io
 import json
 from pathlib import Path
 
-from tabulate import tabulate
-
 from .. import atomic
-from .table import Row, cells, columns_for
+from .table import Row, cells, columns_for, render
 
 TABULATE = {"markdown": "github", "html": "html", "latex": "latex", "text": "simple"}
 FORMATS = ("csv", "json", *TABULATE)
@@ -31,7 +29,7 @@ def render_as(rows: list[Row], fmt: str, columns: str = "default") -> str:
         return out.getvalue().rstrip("\n")
     if fmt == "json":
         return json.dumps([dict(zip(headers, row)) for row in body], indent=1, ensure_ascii=False)
-    return tabulate(body, headers=headers, tablefmt=TABULATE[fmt], disable_numparse=True)
+    return render(rows, columns, TABULATE[fmt])
 
 
 def export_run(path: str | Path, rows: list[Row]) -> Path:

@@ -70,6 +70,14 @@ class RunRecord:
                                   f"got {type(d[name]).__name__}")
         if d["status"] not in STATUSES:
             raise RecordError(f"record status {d['status']!r}: expected one of {', '.join(STATUSES)}")
+        test = d.get("metrics", {}).get("test", {})
+        if not isinstance(test, dict) or not all(isinstance(test.get(k), (int, float, type(None)))
+                                                 for k in ("f1", "precision", "recall")):
+            raise RecordError("record field 'metrics.test': expected a table of numbers (f1, precision, recall)")
+        bad = [k for k, v in d.get("cost", {}).items()
+               if k.endswith(("_seconds", "_per_second", "_gib")) and not isinstance(v, (int, float, type(None)))]
+        if bad:
+            raise RecordError(f"record field 'cost': {', '.join(bad)} not numbers")
         return cls(**{k: v for k, v in d.items() if k in hints and k not in _NOT_SAVED})
 
     @property

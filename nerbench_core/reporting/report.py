@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--per-seed", action="store_true", help="a row per seed (default: a case's seeds in one row)")
     ap.add_argument("--compare", metavar="BASELINES", help="baselines file: add the F1 change per case")
     ap.add_argument("--versus", nargs=2, metavar=("A", "B"), help="is A really better than B? (a paired verdict)")
-    ap.add_argument("--resamples", type=int, default=10000, help="with --versus: bootstrap and randomization draws")
+    ap.add_argument("--resamples", type=positive, default=10000,
+                    help="with --versus: bootstrap and randomization draws")
     ap.add_argument("--export", metavar="FILE", help="write the records and the table as one JSON file")
     ap.add_argument("--plot", metavar="DIR", help="draw the figures (and a Markdown page of them) into DIR")
     ap.add_argument("--save-baselines", metavar="FILE", help="merge these records into a baselines file")
@@ -38,6 +39,26 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--baseline", metavar="LABEL", help="with --cost: ratios against the record of this --label")
     ap.add_argument("--time", action="store_true", help="each case's build, training and scoring time and its share")
     return ap
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected an integer >= 1")
+    return value
+
+
+def output_problem(path: str, folder: bool) -> str | None:
+    """Why ``path`` cannot be written (a file, or a folder of files), or None."""
+    from .. import atomic
+
+    p = Path(path)
+    if folder:
+        return None if not p.exists() or p.is_dir() else "not a folder"
+    if p.is_dir():
+        return "a folder, not a file"
+    problem = atomic.check_writable(p.resolve().parent, "folder")
+    return problem
 
 
 def pick(rows: list[Row], name: str, ap) -> Row:
@@ -65,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{table} prints its own answer; {', '.join(outputs)} go with the comparison table alone")
     if (args.cost or args.time) and args.format in ("csv", "json"):
         ap.error(f"--format {args.format}: --cost and --time print markdown, html, latex or text")
+    if args.versus and args.versus[0] == args.versus[1]:
+        ap.error(f"--versus: {args.versus[0]!r} twice; name two cases (CASE@LABEL tells set-ups of one case apart)")
+    if args.compare and not Path(args.compare).is_file():
+        ap.error(f"--compare {args.compare}: baselines file not found")
+    for name, path, folder in (("--export", args.export, False), ("--plot", args.plot, True),
+                               ("--save-baselines", args.save_baselines, False)):
+        problem = path and output_problem(path, folder)
+        if problem:
+            ap.error(f"{name} {path}: {problem}")
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         ap.error(f"not found: {', '.join(missing)}")
@@ -99,12 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         print(LEGEND)
     if args.export:
         print(f"export: {export_run(args.export, rows)}", file=sys.stderr)
-    if args.plot:
-        from .plots import plot_all
+    try:
+        if args.plot:
+            from .plots import plot_all
 
-        print(f"plots: {plot_all(rows, Path(args.plot))}", file=sys.stderr)
-    if args.save_baselines:
-        print(f"baselines: {Baselines.load(args.save_baselines).merge(records)}", file=sys.stderr)
+            print(f"plots: {plot_all(rows, Path(args.plot))}", file=sys.stderr)
+        if args.save_baselines:
+            print(f"baselines: {Baselines.load(args.save_baselines).merge(records)}", file=sys.stderr)
+    except (OSError, BaselinesError) as err:
+        print(f"nerbench: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

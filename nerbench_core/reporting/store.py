@@ -7,6 +7,7 @@ a record is passed over with one warning naming it.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -26,7 +27,7 @@ _warned: set[str] = set()
 def _skip(path: Path, why: str) -> None:
     if str(path) not in _warned:  # once per file and process: the store is read once per case
         _warned.add(str(path))
-        warnings.warn(f"{path}: skipped, not a nerbench record ({why})", NerbenchWarning, stacklevel=3)
+        warnings.warn(f"{path}: skipped, not a record this nerbench can read ({why})", NerbenchWarning, stacklevel=3)
 
 
 def read_record(path: Path) -> RunRecord | None:
@@ -53,6 +54,8 @@ class ResultStore:
         """The record, and first the predictions it names (``split -> predictions``), each file atomically."""
         target = self.path_for(record)
         with self.lock:
+            if target.exists() and read_record(target) is None:  # unreadable here (newer schema?): keep it aside
+                target.replace(target.with_name(f"{target.name}.unreadable-{int(time.time())}"))
             for split, preds in (predictions or {}).items():
                 name = target.with_suffix(f".{split}.conll").name
                 write_predictions(self.folder / name, preds)

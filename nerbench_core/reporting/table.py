@@ -29,6 +29,7 @@ class Row:
     speedup: str = ""  # steady tokens/s against the baseline set-up's (cost_rows)
     floor: float | None = None  # the floor judged against (the current spec's where known, else the record's)
     floor_note: str = ""
+    regression: str = ""  # why the row fell below its stored baseline's bound, when comparing
 
     @property
     def first(self) -> RunRecord:
@@ -68,7 +69,10 @@ class Row:
 def fold(records: Iterable[RunRecord], per_seed: bool = False) -> list[Row]:
     """One row per configuration: the records that differ only in their seed share a row (``per_seed``: a row each)."""
     groups: dict[tuple, list[RunRecord]] = {}
+    finished = {(r.case, r.mode) for r in records if r.finished}
     for r in records:
+        if r.run_key.startswith("crashed-") and (r.case, r.mode) in finished:
+            continue  # a process that died in a case that has since been run to the end
         key = (r.case, r.mode, r.dataset.get("fingerprint"), r.label, r.synthetic,
                r.run_key if per_seed else r.config_key or r.run_key)
         groups.setdefault(key, []).append(r)
@@ -123,8 +127,11 @@ def status_of(row: Row) -> str:
         return "failed: " + errors[0].error[:60]
     if row.first.synthetic:
         return "synthetic" + reused
-    if row.floor is None:
-        return (row.floor_note or "no floor") + reused  # passes: there is nothing to hold it to
+    if row.regression:
+        return f"failed: {row.regression}" + reused
+    if row.floor is None:  # passes: there is nothing to hold it to (the record's floor_note says why)
+        short = "no floor" if row.floor_note.startswith("no floor set") else "no floor for this data"
+        return short + reused
     below = [f for f in row.f1s if f < row.floor]
     undefined = len(row.records) - len(row.f1s)
     if below or undefined:
@@ -165,12 +172,13 @@ def _method(row: Row) -> str:
     m = row.first.model
     method = m.get("method", row.first.spec.get("method", ""))
     paradigm = m.get("paradigm") or row.first.spec.get("paradigm", "head")
-    return method + (f" r{m['lora_r']}" if m.get("lora_r") else "") + ("" if paradigm == "head" else f", {paradigm}")
+    return method + (f" r{m['lora_r']}" if m.get("lora_r") else "") + (" gen" if paradigm == "generative" else "")
 
 
 def _data(row: Row) -> str:
     r = row.first
-    name = r.dataset.get("name") or ("quick" if r.mode == "quick" else "full")
+    name = r.dataset.get("name") or (r.dataset.get("full_fingerprint") or r.dataset.get("fingerprint") or "")[:8]
+    name = name or ("quick" if r.mode == "quick" else "full")
     text = f"{name}, quick" if r.mode == "quick" and name != "quick" else name
     return f"{text}, synthetic" if r.synthetic else text
 
@@ -186,20 +194,25 @@ def _delta(row: Row) -> str:
     return "" if row.baseline is None or row.mean is None else f"{100 * (row.mean - row.baseline):+.2f}"
 
 
-def _parse_failures(row: Row) -> str:
-    """Generative: the entities the parser could not keep (malformed, hallucinated, unknown type, overlapping), and
-    the answers that changed the sentence's words (their entities elsewhere are kept)."""
-    counts = row.first.metrics.get("test", {}).get("parse")
-    if not counts:
-        return ""
-    dropped = sum(counts.get(k, 0) for k in ("malformed", "hallucinated", "unknown_type", "overlapping"))
-    return f"{dropped}, {counts.get('word_edits', 0)} edits"
+def _parse_count(*keys: str) -> Callable[[Row], str]:
+    """Generative: what the parser could not keep of the test answers (malformed pieces, spans not in the sentence,
+    unknown types, overlaps), or the answers that changed the sentence's words (their entities elsewhere are kept)."""
+    def value(row: Row) -> str:
+        counts = row.first.metrics.get("test", {}).get("parse")
+        return "" if not counts else str(sum(counts.get(k, 0) for k in keys))
+    return value
+
+
+def _generative(rows: list[Row]) -> bool:
+    return any(r.first.metrics.get("test", {}).get("parse") for r in rows)
 
 
 COLUMNS: list[Column] = [
     Column("model", lambda r: r.first.case, ("default", "all", "cost", "time")),
+    Column("seed", lambda r: str(r.first.seed) if len(r.records) == 1 else "", ("default", "all"),
+           when=lambda rows: len({(r.first.case, r.first.label) for r in rows}) < len(rows)),
     Column("label", lambda r: r.first.label, ("cost", "time")),
-    Column("data", _data, ("default", "all")),
+    Column("data", _data, ("default", "all"), when=lambda rows: len({_data(r) for r in rows}) > 1),
     Column("method", _method, ("default", "all")),
     Column("backend", lambda r: r.first.model.get("backend", ""), ("all", "cost")),
     Column("set-up", setup, ("cost",)),
@@ -211,8 +224,9 @@ COLUMNS: list[Column] = [
     Column("ΔF1 vs base", _delta, ("default", "all"), when=lambda rows: any(r.baseline is not None for r in rows)),
     Column("vs best", lambda r: r.versus_best, ("default", "all"), when=lambda rows: any(r.versus_best for r in rows)),
     Column("strict F1", lambda r: pct(r.metric("strict_f1"))),
-    Column("parse drops", _parse_failures, ("default", "all"),
-           when=lambda rows: any(r.first.metrics.get("test", {}).get("parse") for r in rows)),
+    Column("dropped", _parse_count("malformed", "hallucinated", "unknown_type", "overlapping"), ("default", "all"),
+           when=_generative),
+    Column("word edits", _parse_count("word_edits"), ("all",), when=_generative),
     Column("train s", _fixed("train_seconds"), ("default", "all")),
     Column("tok/s", _fixed("train_tokens_per_second")),
     Column("pad %", _fixed("padding_fraction", scale=100)),
@@ -241,8 +255,8 @@ def columns_for(choice: str, rows: list[Row]) -> list[Column]:
     by_header: dict[str, Column] = {}
     for c in every + COST_COLUMNS + TIME_COLUMNS:  # the main table's column where two share a header (status)
         by_header.setdefault(c.header.lower(), c)
-    wanted = [h.strip() for h in choice.split(",") if h.strip()]
-    unknown = [h for h in wanted if h.lower() not in by_header]
+    wanted = [h.strip() for h in choice.split(",")]
+    unknown = [h or "(an empty name)" for h in wanted if h.lower() not in by_header]
     if unknown:
         raise ValueError(f"--columns: unknown column(s) {', '.join(unknown)}; known: default, all, cost, time, or "
                          f"{', '.join(dict.fromkeys(c.header for c in every + COST_COLUMNS + TIME_COLUMNS))}")
@@ -254,11 +268,14 @@ def cells(rows: list[Row], columns: list[Column]) -> tuple[list[str], list[list[
 
 
 def render(rows: list[Row], columns: str | list[Column] = "default", fmt: str = "github") -> str:
+    """The table; where every row ran on the same data (the data column left out), a line above says which."""
     if not rows:
         return "nerbench: no results"
     cols = columns_for(columns, rows) if isinstance(columns, str) else columns
     headers, body = cells(rows, cols)
-    return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
+    table = tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
+    data = {_data(r) for r in rows}
+    return f"data: {data.pop()}\n{table}" if "data" not in headers and len(data) == 1 else table
 
 
 # ---------------------------------------------------------------- speed and time tables
