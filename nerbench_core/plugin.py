@@ -222,7 +222,7 @@ def ner_dataset(request):
 
 def _progress_sink(config):
     """A function from a case's label to its progress reporter: lines on the terminal, or a worker's file."""
-    from .progress import FileSink, describe
+    from .progress import FileSink, bar, describe
 
     folder = getattr(config, "workerinput", {}).get("nerbench_progress")
     if folder:
@@ -236,8 +236,14 @@ def _progress_sink(config):
             capture = config.pluginmanager.getplugin("capturemanager")
             if terminal is None:
                 return
+            line = f"nerbench {describe(case, event)}"
             with capture.global_and_fixture_disabled() if capture else _nothing():
-                terminal.write_line(f"nerbench {describe(case, event)}")
+                if event.get("event") == "step" and terminal.isatty:  # a bar, rewritten in place
+                    terminal.rewrite(f"{line} {bar(event)}")
+                else:
+                    if terminal.isatty:
+                        terminal.rewrite("")  # the bar's line, cleared
+                    terminal.write_line(line)
         return report
 
     return for_case

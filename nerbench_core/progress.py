@@ -43,6 +43,12 @@ def describe(case: str, e: dict) -> str:
     return f"{case}: {e}"
 
 
+def bar(e: dict, width: int = 20) -> str:
+    """A step event as a bar, for a terminal line rewritten in place."""
+    done = int(width * e["step"] / e["steps"]) if e.get("steps") else 0
+    return "[" + "#" * done + "." * (width - done) + "]"
+
+
 class FileSink:
     """Appends a case's events to ``path`` as JSON lines (one writer per file: an xdist worker's)."""
 

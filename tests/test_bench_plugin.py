@@ -55,7 +55,7 @@ def test_a_tiny_bert_trains_writes_its_record_and_shows_in_the_table(bench):
     result.stdout.fnmatch_lines(["nerbench tiny-bert (seed 42): training, 24 steps over 2 epochs",
                                  "nerbench tiny-bert (seed 42): step 12/24 (50%), epoch 1.00, loss *, * tok/s, ETA *",
                                  "nerbench tiny-bert (seed 42): dev F1 * at epoch 1 (best so far: epoch 1)",
-                                 "*nerbench results*", "*| tiny-bert *| quick *| full *| * [*, *] *passed*"])
+                                 "*nerbench results*", "data: *, quick", "*| tiny-bert *| full *| * [*, *] *passed*"])
     (path,) = (pytester.path / "results").glob("tiny-bert-quick-*.json")
     record = json.loads(path.read_text())
     assert record["status"] == "passed" and record["mode"] == "quick"
@@ -90,7 +90,8 @@ def test_unavailable_and_broken_cases_do_not_stop_the_others(bench, tmp_path):
     broken = tmp_path / "broken-model"  # a folder transformers cannot make a model of: an error, not unavailable
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    s = suite(pytester, f'[[model]]\nname = "missing"\nmodel = "{model}-not-here"\n\n'
+    # a hub model, offline and not cached: cannot be had here
+    s = suite(pytester, f'[[model]]\nname = "missing"\nmodel = "nobody/no-such-model"\n\n'
                         f'[[model]]\nname = "broken"\nmodel = "{broken}"\n\n'
                         f'[[model]]\nname = "fine"\nmodel = "{model}"\ntrain = {TRAIN}\n')
     result = run(pytester, data, s, "--quick")
@@ -102,9 +103,13 @@ def test_unavailable_and_broken_cases_do_not_stop_the_others(bench, tmp_path):
     record = json.loads(next((pytester.path / "results").glob("broken-*.json")).read_text())
     assert record["status"] == "failed" and record["error"].startswith("ValueError")
     # a case that cannot run here fails the run (CI must not go green), unless asked to skip such cases
-    only_missing = suite(pytester, f'[[model]]\nname = "missing"\nmodel = "{model}-not-here"\n')
+    only_missing = suite(pytester, '[[model]]\nname = "missing"\nmodel = "nobody/no-such-model"\n')
     assert run(pytester, data, only_missing, "--quick").ret == 1
     assert run(pytester, data, only_missing, "--quick", "--skip-unavailable").ret == 0
+    # a local folder that is not there is a mistake in the suite, not a model this machine lacks: said at the start
+    typo = suite(pytester, f'[[model]]\nname = "typo"\nmodel = "{model}-not-here"\n')
+    result = run(pytester, data, typo, "--quick", "--skip-unavailable")
+    assert result.ret == 4 and f"model '{model}-not-here': no such folder" in result.stderr.str()
 
 
 def test_xdist_workers_report_to_one_table(bench):
