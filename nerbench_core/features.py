@@ -143,3 +143,16 @@ def _find(haystack: list[int], needle: list[int]) -> int:
         if haystack[i: i + len(needle)] == needle:
             return i
     raise ValueError("tokenizer output does not contain the tokens of the text it was given")
+
+
+def left_padded(prompts: Sequence[list[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Prompts as one batch padded on the left, and its attention mask."""
+    import torch  # here alone: the rest of this module is plain Python
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p):] = 1
+    return ids, mask

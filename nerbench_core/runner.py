@@ -57,7 +57,8 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         accel_plan.apply(accel, spec, built)
 
         # 3. words -> model inputs (labels on first sub-tokens, or prompts and targets), long sentences in windows
-        task = task_for(spec, built, dataset)
+        decoder = accel_plan.decoder(accel, spec, memory)
+        task = task_for(spec, built, dataset, decoder)
 
         def evaluate_dev(model) -> dict:  # "predictions": kept by the dev selection for the kept epoch
             dev = task.predict(model, "dev")
@@ -94,6 +95,8 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         levers = accel.facts()
         if outcome.cuda_graphs:
             levers["cuda_graphs"]["detail"] = outcome.cuda_graphs
+        if decoder is not None:
+            levers["graphed_generation"]["detail"] = decoder.describe()
         built.details["accel"] = levers
         best = outcome.best
         dev_predictions = outcome.best_predictions or task.predict(built.model, "dev")

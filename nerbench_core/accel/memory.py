@@ -67,6 +67,17 @@ class DeviceMemory:
             return None
 
 
+    def reusable_bytes(self) -> int | None:
+        """What new tensors can take: :meth:`free_bytes` and the memory this process's allocator holds unused
+        (on CUDA; elsewhere :meth:`free_bytes`)."""
+        import torch
+
+        free = self.free_bytes()
+        if free is None or not torch.cuda.is_available():
+            return free
+        return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+
+
 def capped(free: int, cap: int | None, reserved: int) -> int:
     """Free memory as a card of ``cap`` bytes would have it, this process holding ``reserved`` of it."""
     return free if cap is None else max(0, min(free, cap - reserved))

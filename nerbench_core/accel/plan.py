@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..precision import compute_dtype, dtype_name
-from . import compiling, cuda_graphs, liger, lora_kernels, memory
+from . import compiling, cuda_graphs, graphed_generation, liger, lora_kernels, memory
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class AccelPlan:
     gradient_checkpointing: Lever
     cuda_graphs: Lever  # training steps replayed from CUDA graphs
     sdpa_without_cudnn: Lever  # SDPA's shape-agnostic kernels instead of cuDNN's, which re-plans for every shape
+    graphed_generation: Lever  # the generative paradigm's decoding steps replayed from CUDA graphs
     free_bytes: int | None = None  # the memory the plan was made with
 
     @property
@@ -61,7 +62,7 @@ def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
     return AccelPlan(liger=case.liger(), torch_compile=case.torch_compile(), fused_lora=fused, keep_dequantized=keep,
                      block_scales=case.block_scales(fused, keep), gradient_checkpointing=checkpointing,
                      cuda_graphs=case.cuda_graphs(checkpointing), sdpa_without_cudnn=case.sdpa(),
-                     free_bytes=case.free)
+                     graphed_generation=case.graphed_generation(), free_bytes=case.free)
 
 
 class _Case:
@@ -163,8 +164,20 @@ class _Case:
                or ("torch.compile" if self.t.torch_compile else None))
         return Lever(why is None, why or "asked for")
 
+    def graphed_generation(self) -> Lever:
+        why = ("head paradigm" if self.spec.paradigm != "generative" else self.not_ours(self.t.graphed_generation)
+               or ("no CUDA" if not self.cuda else None))
+        return Lever(why is None, why or "asked for")
+
     def sdpa(self) -> Lever:
         return Lever(self.cuda, "every batch shape would re-plan cuDNN's kernel" if self.cuda else "no CUDA")
+
+
+def decoder(accel: AccelPlan, spec, device_memory: memory.DeviceMemory) -> "graphed_generation.GraphedGreedy | None":
+    """The generative paradigm's greedy decoding where it is planned (else the task uses transformers' generate)."""
+    if not accel.graphed_generation.on:
+        return None
+    return graphed_generation.GraphedGreedy(spec.train.eval_batch_size, device_memory)
 
 
 def apply(accel: AccelPlan, spec, built) -> None:

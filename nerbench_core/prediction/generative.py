@@ -19,7 +19,8 @@ Prompt -> target -> generation -> parse -> tags, top to bottom:
   the LEFT, so that every prompt ends where generation starts (the training tokenizer pads on the right, so the
   padding is done here). ``max_new_tokens`` is the longest answer the format can write for the batch's words (each
   word an entity of the longest type name, rendered and tokenized) plus a margin: a model that never writes EOS
-  (random weights) stops there.
+  (random weights) stops there. On a GPU the speed plan's decoder does the same with its steps replayed from CUDA
+  graphs (accel.graphed_generation: the same tokens).
 * Parse: the tokens up to the first EOS, decoded without special tokens, read by the format into one tag per word of
   the window. What it cannot use is counted (``ParseCounts``, whose ``sentences`` counts windows), never raised.
 * Tags: each sentence's windows' tags, joined; every word gets one.
@@ -35,7 +36,7 @@ from typing import Sequence
 import torch
 
 from ..data import SPLITS, NerDataset, Sentence
-from ..features import IGNORE, Encoded, EncodedSplit, WordEncoder
+from ..features import IGNORE, Encoded, EncodedSplit, WordEncoder, left_padded
 from ..precision import autocast_dtype
 from ..specs import ModelSpec
 from .formats import OutputFormat, ParseCounts, get_format
@@ -258,8 +259,12 @@ def encoded(windows: Sequence[Window], n_sentences: int, max_length: int) -> Enc
 class GenerativeTask(Task):
     """Prompts and targets for the one training path; tags from greedy generation, parsed by the output format."""
 
-    def __init__(self, spec: ModelSpec, built, dataset: NerDataset):
+    def __init__(self, spec: ModelSpec, built, dataset: NerDataset, decoder=None):
+        """``decoder``: greedy decoding of a whole split, ``decoder(model, prompts, bounds, eos, pad)`` -> each
+        prompt's new tokens, where the speed plan gives one (accel.graphed_generation); else transformers'
+        ``generate``, batch by batch."""
         super().__init__(spec, built, dataset)
+        self.decoder = decoder
         self.format = get_format(spec.output_format)
         self.types = list(dataset.entity_types)
         self.tokenizer = built.tokenizer
@@ -290,20 +295,33 @@ class GenerativeTask(Task):
         """Each window's answer text (up to its first EOS), and the number of tokens generated in all."""
         device = next(p.device for p in model.parameters())
         dtype = autocast_dtype(self.spec)
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        order = sorted(range(len(windows)), key=lambda i: len(windows[i].prompt))  # little padding per batch
+        # no cast cache: a recorded decoding step must cast the weights it reads itself (accel.graphed_generation)
+        autocast = (torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            if self.decoder is not None:
+                rows = self.decoder(model, [w.prompt for w in windows], [w.max_new_tokens for w in windows],
+                                    self.prompts.eos, self.tokenizer.pad_token_id)
+            else:
+                rows = self.generate_in_batches(model, windows, device)
+        answers, generated = [], 0
+        for w, row in zip(windows, rows):
+            # a row's own bound: its answer does not depend on which windows shared its batch
+            answer, n = until_eos(row[:w.max_new_tokens], self.prompts.eos)
+            answers.append(self.tokenizer.decode(answer, skip_special_tokens=True))
+            generated += n
+        return answers, generated
+
+    def generate_in_batches(self, model, windows: Sequence[Window], device: torch.device) -> list[list[int]]:
+        """transformers' ``generate`` over batches of prompts sorted by length (little padding a batch)."""
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i].prompt))
         size = self.spec.train.eval_batch_size
-        answers, generated = [""] * len(windows), 0
+        rows: list[list[int]] = [[] for _ in windows]
         for b in range(0, len(order), size):
             batch = order[b: b + size]
-            with autocast:
-                rows = self.generate_batch(model, [windows[i] for i in batch], device)
-            for i, row in zip(batch, rows):
-                # a row's own bound: its answer does not depend on which windows shared its batch
-                answer, n = until_eos(row[:windows[i].max_new_tokens], self.prompts.eos)
-                answers[i] = self.tokenizer.decode(answer, skip_special_tokens=True)
-                generated += n
-        return answers, generated
+            for i, row in zip(batch, self.generate_batch(model, [windows[i] for i in batch], device)):
+                rows[i] = row
+        return rows
 
     def generate_batch(self, model, windows: Sequence[Window], device: torch.device) -> list[list[int]]:
         """The new tokens of each window's prompt, greedily; rows that ended early are padded after their EOS."""
@@ -340,17 +358,6 @@ def end_of_answer(built) -> int | None:
     config = getattr(getattr(built, "model", None), "generation_config", None)
     eos = getattr(config, "eos_token_id", None)
     return eos[0] if isinstance(eos, (list, tuple)) and eos else eos
-
-
-def left_padded(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts as one batch padded on the left, and its attention mask."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[row, width - len(p):] = 1
-    return ids, mask
 
 
 def until_eos(tokens: list[int], eos: int) -> tuple[list[int], int]:

@@ -63,9 +63,10 @@ class HeadTask(Task):
                             autocast_dtype(self.spec))
 
 
-def task_for(spec: ModelSpec, built, dataset: NerDataset) -> Task:
+def task_for(spec: ModelSpec, built, dataset: NerDataset, decoder=None) -> Task:
+    """``decoder``: the generative paradigm's greedy decoding where the speed plan gives one."""
     if spec.paradigm == "generative":
         from .generative import GenerativeTask
 
-        return GenerativeTask(spec, built, dataset)
+        return GenerativeTask(spec, built, dataset, decoder)
     return HeadTask(spec, built, dataset)
