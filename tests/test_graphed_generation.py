@@ -15,18 +15,10 @@ from nerbench_core.data import load_conll_dir
 from nerbench_core.prediction.generative import GenerativeTask, until_eos
 
 from .helpers import build, make_conll_dir
-from .test_generative import perturbed, spec_for, tiny_causal_lm, with_train
+# one_thread: an autouse fixture, here too (hundreds of tiny forward passes: tests/test_generative.py says why)
+from .test_generative import one_thread, perturbed, spec_for, tiny_causal_lm, with_train  # noqa: F401
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Hundreds of tiny forward passes: one thread (tests/test_generative.py says why)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
