@@ -15,11 +15,11 @@ from nerbench_core.backends.base import load_case, save_case
 from nerbench_core.backends.hf import tokenizer_for
 from nerbench_core.backends.synthetic import synthetic_spec
 from nerbench_core.data import NerDataset, Sentence, load_conll_dir
-from nerbench_core.features import IGNORE
+from nerbench_core.features import IGNORE, left_padded
 from nerbench_core.options import RunOptions
 from nerbench_core.prediction.formats import FORMATS, get_format
 from nerbench_core.prediction.generative import (CONTEXT_AFTER, CONTEXT_BEFORE, PLAIN_CUE, SENTENCE, GenerativeTask,
-                                                 left_padded, until_eos)
+                                                 until_eos)
 from nerbench_core.scoring import score
 from nerbench_core.specs import ModelSpec, TrainConfig
 
