@@ -248,9 +248,16 @@ class OutputFormat(abc.ABC):
     def render(self, words: Sequence[str], tags: Sequence[str]) -> str:
         """The training target for a sentence given its IOB2 tags."""
 
-    @abc.abstractmethod
     def parse(self, output: str, words: Sequence[str], types: Iterable[str]) -> Parsed:
-        """Model output to one IOB2 tag per word (never raises on bad output; see ``Parsed``)."""
+        """Model output to one IOB2 tag per word (never raises on bad output; see ``Parsed``). An empty or blank
+        answer is every format's "no entities", counted as empty."""
+        if not output or not output.strip():
+            return Parsed(tags=("O",) * len(words), empty=True)
+        return self.read(output, words, types)
+
+    @abc.abstractmethod
+    def read(self, output: str, words: Sequence[str], types: Iterable[str]) -> Parsed:
+        """A non-blank answer to one IOB2 tag per word (never raises on bad output)."""
 
 
 FORMATS: dict[str, type[OutputFormat]] = {}
@@ -404,9 +411,7 @@ class InlineBrackets(OutputFormat):
             out[s.end - 1] = out[s.end - 1] + "|" + s.type + "]"
         return " ".join(out)
 
-    def parse(self, output: str, words: Sequence[str], types: Iterable[str]) -> Parsed:
-        if not output or not output.strip():
-            return Parsed(tags=("O",) * len(words), empty=True)
+    def read(self, output: str, words: Sequence[str], types: Iterable[str]) -> Parsed:
         placer = _Placer(len(words), types)
         written, spans, malformed = _read_inline(output)
         placer.count("malformed", malformed)
@@ -461,10 +466,8 @@ class SpanList(OutputFormat):
             items.append(item)
         return json.dumps(items, ensure_ascii=False)
 
-    def parse(self, output: str, words: Sequence[str], types: Iterable[str]) -> Parsed:
+    def read(self, output: str, words: Sequence[str], types: Iterable[str]) -> Parsed:
         n = len(words)
-        if not output or not output.strip():
-            return Parsed(tags=("O",) * n, empty=True)
         start = len(output) - len(output.lstrip())
         try:
             items, _ = json.JSONDecoder().raw_decode(output, start)  # text after the JSON is ignored
