@@ -103,6 +103,15 @@ def release_random_generators() -> None:
         generator.graphsafe_set_state(generator.clone_state())
 
 
+def capture_failed(err: RuntimeError, what: str) -> str:
+    """After a capture raised ``err``: why, in one line for the record; warned once, the random generators let go
+    (:func:`release_random_generators`). ``what``: the lever that goes eager for the rest of the case."""
+    why = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    warnings.warn(f"{what} off for the rest of this case: capture failed ({why})")
+    release_random_generators()
+    return why
+
+
 @dataclass
 class Captured:
     graph: "torch.cuda.CUDAGraph"
@@ -160,9 +169,7 @@ class GraphedSteps:
             except RuntimeError as err:
                 # a model whose forward waits on the GPU (.item(), data-dependent shapes) cannot be captured: it
                 # trains eagerly, and the record says why
-                self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-                warnings.warn(f"CUDA graphs off for the rest of this case: capture failed ({self.failed})")
-                release_random_generators()
+                self.failed = capture_failed(err, "CUDA graphs")
         main.wait_stream(self.stream)
         if not self.failed:
             self.graphs[key] = Captured(graph, static, static_loss.detach())

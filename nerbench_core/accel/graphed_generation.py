@@ -33,14 +33,13 @@ back to training.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from ..features import left_padded
-from .cuda_graphs import release_random_generators
+from .cuda_graphs import capture_failed, release_random_generators
 from .memory import DeviceMemory
 
 LENGTH_STEP = 64  # cache lengths round up to a multiple of this: few shapes, little attention over empty slots
@@ -268,9 +267,7 @@ class GraphedGreedy:
                 release_random_generators()
                 raise
             except RuntimeError as err:  # a forward that waits on the GPU: eager from here, the record says why
-                self.failed = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-                warnings.warn(f"graphed generation off for the rest of this case: capture failed ({self.failed})")
-                release_random_generators()
+                self.failed = capture_failed(err, "graphed generation")
         main.wait_stream(side)
 
     def describe(self) -> str:
