@@ -270,6 +270,12 @@ class SampleSize:
     def describe(self) -> str:
         return f"quick:{self.train}/{self.dev}/{self.test}@seed{self.seed}"
 
+    @classmethod
+    def described(cls, text: str) -> "SampleSize | None":
+        """The size :meth:`describe` wrote (as records keep it), or None for anything else ("full")."""
+        found = re.fullmatch(r"quick:(\d+)/(\d+)/(\d+)@seed(\d+)", text or "")
+        return cls(*map(int, found.groups())) if found else None
+
 
 def sample(dataset: NerDataset, size: SampleSize) -> NerDataset:
     """A fixed, seeded subset of each split: the same on every run and machine (document order kept)."""

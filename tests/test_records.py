@@ -266,3 +266,66 @@ def test_a_verdict_comes_from_saved_predictions_and_refuses_other_data(tmp_path,
     store.write(other)
     assert main([str(tmp_path / "r"), "--versus", "good", "elsewhere"]) == 2
     assert "ran on different test data" in capsys.readouterr().err
+
+
+def test_baselines_keep_predicted_tags_alone_and_verdicts_join_them_with_the_data(tmp_path, capsys):
+    """A baselines file holds no copy of the data: its predictions are tags alone, joined with the words, gold tags
+    and documents of the data folder whose fingerprint the record names (the quick sample drawn again)."""
+    import gzip
+
+    from nerbench_core.data import SampleSize, load_conll_dir, sample
+    from nerbench_core.reporting.baselines import Baselines
+    from nerbench_core.reporting.predictions import SplitPredictions
+    from nerbench_core.reporting.report import main
+    from nerbench_core.reporting.store import saved_predictions
+
+    from .helpers import make_conll_dir
+
+    folder = make_conll_dir(tmp_path / "data", sizes=(40, 30, 30))
+    quick = sample(load_conll_dir(folder), SampleSize(train=20, dev=10, test=20))
+    test = quick["test"]
+    words, gold, docs = [list(s.words) for s in test], [list(s.tags) for s in test], [s.doc for s in test]
+    store = ResultStore(tmp_path / "results")
+    for case, f1, flip in (("good", 0.9, 0), ("worse", 0.6, 12)):
+        pred = [["O"] * len(g) if i < flip else list(g) for i, g in enumerate(gold)]
+        r = record(case, f1=f1, key=case)
+        r.dataset = {"fingerprint": quick.fingerprint, "sample": quick.sample,
+                     "full_fingerprint": quick.full_fingerprint, "source": str(tmp_path / "elsewhere")}
+        store.write(r, {"test": SplitPredictions(words, gold, pred, docs)})
+    results = load_records([tmp_path / "results"])
+    path = tmp_path / "baselines.json"
+    Baselines(path, {}).merge(results)
+
+    stored = Baselines.records_in(path)
+    names = [r.predictions["test"] for r in stored]
+    assert all(n.endswith(".test.tags.gz") for n in names)
+    text = "".join(gzip.decompress((tmp_path / n).read_bytes()).decode() for n in names)
+    assert not {w for sent in words for w in sent} & set(text.split())  # tags alone: no word of the data
+    for r in stored:
+        original = saved_predictions(next(x for x in results if x.case == r.case), "test")
+        assert saved_predictions(r, "test", [folder]) == original
+        assert saved_predictions(r, "test") is None  # its data folder ("elsewhere") is not there
+        other = make_conll_dir(tmp_path / "other", sizes=(40, 30, 30), seed=5)
+        assert saved_predictions(r, "test", [other]) is None  # other data: not joined
+    assert main([str(path), "--versus", "good", "worse", "--resamples", "500", "--data-dir", str(folder)]) == 0
+    assert capsys.readouterr().out.startswith("good beats worse")
+    assert main([str(path), "--versus", "good", "worse", "--resamples", "500"]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(path), "--data-dir", str(tmp_path / "missing")])
+    assert f"--data-dir {tmp_path / 'missing'}: not a folder" in capsys.readouterr().err
+
+
+def test_a_tags_file_that_does_not_fit_its_split_names_the_file_and_line(tmp_path):
+    from nerbench_core.data import SampleSize
+    from nerbench_core.reporting.predictions import SplitPredictions, read_tags, write_tags
+
+    preds = SplitPredictions([["a", "b"], ["c"]], [["O", "B-PER"], ["O"]], [["O", "B-PER"], ["B-LOC"]], [0, 0])
+    path = write_tags(tmp_path / "x.test.tags.gz", preds)
+    assert read_tags(path, preds.words, preds.gold, preds.docs) == preds
+    with pytest.raises(ValueError, match=r"x\.test\.tags\.gz: 2 sentences, the data's split has 1"):
+        read_tags(path, preds.words[:1], preds.gold[:1], preds.docs[:1])
+    with pytest.raises(ValueError, match=r"x\.test\.tags\.gz:2: 1 tags for a sentence of 2 words"):
+        read_tags(path, [["a", "b"], ["c", "d"]], [["O", "O"], ["O", "O"]], [0, 0])
+    size = SampleSize(train=7, dev=8, test=9, seed=3)
+    assert SampleSize.described(size.describe()) == size and SampleSize.described("full") is None

@@ -118,9 +118,10 @@ class Baselines:
 
     def merge(self, records: Iterable[RunRecord]) -> Path:
         """Add finished, real (not synthetic) runs of the suites' own set-up (no --label: a label marks an experiment):
-        a seed already stored for a case and data is replaced, others are added. Their saved predictions are copied,
-        gzipped, into the folder beside the file (``baselines/`` for ``baselines.json``), so that verdicts and error
-        analyses can be made from the baselines alone. The file is read again and written under a lock: shards or
+        a seed already stored for a case and data is replaced, others are added. Their predicted tags are copied
+        (alone, gzipped: no words or gold tags, so the baselines hold no copy of the data) into the folder beside the
+        file (``baselines/`` for ``baselines.json``); with the data they were measured on, verdicts and error
+        analyses can be made from the baselines without retraining (store.saved_predictions). The file is read again and written under a lock: shards or
         hosts merging into one file lose nothing."""
         with atomic.lock(self.path):
             if self.path.exists():
@@ -140,17 +141,18 @@ class Baselines:
         return self.path
 
     def _copy_predictions(self, record: RunRecord) -> dict:
-        from .predictions import read_predictions, write_predictions
-        from .store import predictions_path
+        from .predictions import TAGS_SUFFIX, write_tags
+        from .store import predictions_path, saved_predictions
 
         copied = {}
         for split in record.predictions:
             source = predictions_path(record, split)
-            if source is None or not source.is_file():
+            found = saved_predictions(record, split)
+            if source is None or found is None:
                 continue
-            name = f"{self.path.stem}/{source.name.removesuffix('.gz')}.gz"
+            name = f"{self.path.stem}/{source.name.split('.conll')[0].removesuffix(TAGS_SUFFIX)}{TAGS_SUFFIX}"
             (self.path.parent / self.path.stem).mkdir(parents=True, exist_ok=True)
-            write_predictions(self.path.parent / name, read_predictions(source))
+            write_tags(self.path.parent / name, found)
             copied[split] = name
         return copied
 

@@ -9,10 +9,12 @@ first seeds is quoted beside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
 
 from .. import stats
-from .predictions import SplitPredictions, read_predictions
-from .store import predictions_path
+from .predictions import SplitPredictions
+from .store import saved_predictions
 from .table import Row
 
 ALPHA = 0.05
@@ -22,12 +24,12 @@ class CompareError(ValueError):
     """Two rows that cannot be compared (different test data, no saved predictions); the message says why."""
 
 
-def saved_test_predictions(row: Row) -> SplitPredictions | None:
-    """The saved test predictions of the row's first seed that has them."""
+def saved_test_predictions(row: Row, data_dirs: Iterable[str | Path] = ()) -> SplitPredictions | None:
+    """The saved test predictions of the row's first seed that has them (``data_dirs``: store.saved_predictions)."""
     for r in row.records:
-        path = predictions_path(r, "test")
-        if path is not None and path.is_file():
-            return read_predictions(path)
+        found = saved_predictions(r, "test", data_dirs)
+        if found is not None:
+            return found
     return None
 
 
@@ -38,14 +40,16 @@ class Versus:
     sentence: str
 
 
-def versus(a: Row, b: Row, resamples: int = 10000, name_a: str | None = None, name_b: str | None = None) -> Versus:
-    """The verdict between two rows (each a case's seeds) on the same test data."""
+def versus(a: Row, b: Row, resamples: int = 10000, name_a: str | None = None, name_b: str | None = None,
+           data_dirs: Iterable[str | Path] = ()) -> Versus:
+    """The verdict between two rows (each a case's seeds) on the same test data (``data_dirs``: where the data of
+    predicted tags saved alone may be, store.saved_predictions)."""
     name_a, name_b = name_a or a.first.case, name_b or b.first.case
     fa, fb = a.first.dataset.get("fingerprint"), b.first.dataset.get("fingerprint")
     if fa != fb:
         raise CompareError(f"{name_a} and {name_b} ran on different test data (fingerprints {fa} and {fb}; "
                            f"{a.first.mode} and {b.first.mode} runs): a verdict needs the same sentences")
-    pa, pb = saved_test_predictions(a), saved_test_predictions(b)
+    pa, pb = saved_test_predictions(a, data_dirs), saved_test_predictions(b, data_dirs)
     paired = None
     if pa is not None and pb is not None:
         if pa.gold != pb.gold:
@@ -55,11 +59,12 @@ def versus(a: Row, b: Row, resamples: int = 10000, name_a: str | None = None, na
     seeds = stats.seed_comparison(a.f1s, b.f1s) if len(a.f1s) > 1 and len(b.f1s) > 1 else None
     if paired is None and seeds is None:
         raise CompareError(f"{name_a} and {name_b}: no saved test predictions and fewer than 2 seeds each: "
-                           "nothing to test (records from before predictions were saved)")
+                           "nothing to test (records from before predictions were saved, or a baselines file's "
+                           "predicted tags without their data: give the data folder, --data-dir)")
     return Versus(paired, seeds, stats.verdict(name_a, name_b, paired, seeds, alpha=ALPHA))
 
 
-def mark_versus_best(rows: list[Row], resamples: int = 2000) -> None:
+def mark_versus_best(rows: list[Row], resamples: int = 2000, data_dirs: Iterable[str | Path] = ()) -> None:
     """Fill each row's ``versus_best``: ΔF1 to the best row on the same test data and mode, with ``*`` where the
     difference is significant (p < 0.05: seeds where both rows have several, else the paired test) and ``?``
     where it cannot be tested; ``best`` on the best row. Rows alone on their data get nothing."""
@@ -77,7 +82,7 @@ def mark_versus_best(rows: list[Row], resamples: int = 2000) -> None:
                 continue
             delta = f"{100 * (row.mean - best.mean):+.2f}"
             try:
-                v = versus(row, best, resamples)
+                v = versus(row, best, resamples, data_dirs=data_dirs)
             except CompareError:
                 row.versus_best = delta + "?"
                 continue

@@ -20,6 +20,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import matplotlib
 
@@ -34,9 +35,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from .. import atomic  # noqa: E402
 from .errors import CLASS_NAMES, CLASSES, ErrorAnalysis, classify_predictions  # noqa: E402
 from .exports import render_as  # noqa: E402
-from .predictions import read_predictions  # noqa: E402
 from .records import RunRecord  # noqa: E402
-from .store import predictions_path  # noqa: E402
+from .store import saved_predictions  # noqa: E402
 from .table import ENTITY_TYPES, Row, count  # noqa: E402
 
 DPI = 120
@@ -299,21 +299,20 @@ def _running_mean(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _predictions_of(row: Row) -> tuple[RunRecord, ErrorAnalysis] | None:
+def _predictions_of(row: Row, data_dirs: Iterable[str | Path]) -> tuple[RunRecord, ErrorAnalysis] | None:
     """The first record of the row whose saved test predictions can be read, with their error analysis."""
     for record in row.records:
-        path = predictions_path(record, "test")
-        if path is None or not path.is_file():
-            continue
         try:
-            return record, classify_predictions(read_predictions(path))
+            found = saved_predictions(record, "test", data_dirs)
         except (OSError, ValueError, UnicodeDecodeError, EOFError):
             continue
+        if found is not None:
+            return record, classify_predictions(found)
     return None
 
 
-def _errors(rows: list[Row], names: list[str], out: Path) -> Figured | None:
-    found = [(n, *hit) for row, n in zip(rows, names) if (hit := _predictions_of(row)) is not None]
+def _errors(rows: list[Row], names: list[str], out: Path, data_dirs: Iterable[str | Path]) -> Figured | None:
+    found = [(n, *hit) for row, n in zip(rows, names) if (hit := _predictions_of(row, data_dirs)) is not None]
     if not found:
         return None
     drawn, left = found[:MAX_ERROR_ROWS], found[MAX_ERROR_ROWS:]
@@ -364,9 +363,10 @@ def _errors(rows: list[Row], names: list[str], out: Path) -> Figured | None:
 # ---------------------------------------------------------------- the page
 
 
-def plot_all(rows: list[Row], out: Path) -> Path:
+def plot_all(rows: list[Row], out: Path, data_dirs: Iterable[str | Path] = ()) -> Path:
     """Write the figures of ``rows`` as PNGs into the folder ``out``, and ``out/index.md`` linking them (with the
-    results table); returns the path of ``index.md``. A figure without data is skipped, with a note saying why."""
+    results table); returns the path of ``index.md``. A figure without data is skipped, with a note saying why.
+    ``data_dirs``: where the data of predicted tags saved alone (a baselines file's) may be."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = _names(rows)
@@ -392,8 +392,9 @@ def plot_all(rows: list[Row], out: Path) -> Path:
                  ticks=lambda x: count(round(x))),
         no_f1 or "no row with an F1 has a parameter count (model.params_total)")
     add("F1 per entity type", _per_type(rows, names, out), "no record has per-type test scores (metrics.test.per_type)")
-    add("Entity errors (test predictions)", _errors(rows, names, out),
-        "no row has a readable saved test predictions file (record.predictions['test'])")
+    add("Entity errors (test predictions)", _errors(rows, names, out, data_dirs),
+        "no row has a readable saved test predictions file (record.predictions['test']; a baselines file's "
+        "predicted tags need their data folder)")
     add("Training loss", _curves(rows, names, out, "loss_curve", "loss", "Training loss",
                                  "Training loss against epoch", "loss_curves.png"),
         "no record has a loss curve (metrics.loss_curve)")

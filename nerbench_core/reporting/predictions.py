@@ -4,6 +4,10 @@ One line per word, ``word gold predicted`` separated by spaces (conlleval's inpu
 and a ``-DOCSTART- O O`` line where a document begins: the words, both tag sequences and the documents, so a file can
 be re-scored, compared with another case's on the same data (paired tests resample documents) and read for errors
 without retraining. A name ending in ``.gz`` is written and read gzip-compressed.
+
+Predicted tags alone (``*.tags.gz``, a sentence a line): what a baselines file keeps beside it, so that a project
+holds no copy of the data its baselines were measured on; the words, gold tags and documents are the data's own,
+joined back when the file is read (store.saved_predictions).
 """
 from __future__ import annotations
 
@@ -80,4 +84,26 @@ def read_predictions(path: str | Path) -> SplitPredictions:
         else:
             sentence.append((cols[0], cols[1], cols[2]))
     close()
+    return SplitPredictions(words, gold, pred, docs)
+
+
+TAGS_SUFFIX = ".tags.gz"
+
+
+def write_tags(path: Path, preds: SplitPredictions) -> Path:
+    """The predicted tags alone, a sentence a line, gzip-compressed (``path`` ends in ``.tags.gz``)."""
+    text = "".join(" ".join(tags) + "\n" for tags in preds.pred)
+    return atomic.write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
+
+
+def read_tags(path: str | Path, words: list[list[str]], gold: list[list[str]], docs: list[int]) -> SplitPredictions:
+    """A tags file joined with the words, gold tags and documents of the split it was predicted on; a file that does
+    not fit that split raises ValueError naming the file (and the line)."""
+    lines = gzip.decompress(Path(path).read_bytes()).decode("utf-8").splitlines()
+    if len(lines) != len(words):
+        raise ValueError(f"{path}: {len(lines)} sentences, the data's split has {len(words)}")
+    pred = [line.split() for line in lines]
+    for lineno, (tags, sentence) in enumerate(zip(pred, words), start=1):
+        if len(tags) != len(sentence):
+            raise ValueError(f"{path}:{lineno}: {len(tags)} tags for a sentence of {len(sentence)} words")
     return SplitPredictions(words, gold, pred, docs)

@@ -2,13 +2,14 @@
 
     python -m nerbench_core.report RESULTS_DIR_OR_FILE [...] [--mode quick|full] [--columns COLS]
         [--format csv|json|markdown|html|latex] [--compare BASELINES] [--versus A B] [--export FILE]
-        [--plot DIR] [--cost [--baseline LABEL]] [--time] [--save-baselines FILE]
+        [--plot DIR] [--cost [--baseline LABEL]] [--time] [--save-baselines FILE] [--data-dir DIR]
 
 Folders from several hosts (or shards) are merged; for each case and run key the newest record counts.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--cost", action="store_true", help="the speed and memory table (set-up, steady tok/s, MFU)")
     ap.add_argument("--baseline", metavar="LABEL", help="with --cost: ratios against the record of this --label")
     ap.add_argument("--time", action="store_true", help="each case's build, training and scoring time and its share")
+    ap.add_argument("--data-dir", default=os.environ.get("NERBENCH_DATA_DIR"),
+                    help="the CoNLL folder a baselines file's runs were measured on (default: $NERBENCH_DATA_DIR, "
+                         "else the folder each record names): its predicted tags are read with the data's words")
     return ap
 
 
@@ -95,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         problem = path and output_problem(path, folder)
         if problem:
             ap.error(f"{name} {path}: {problem}")
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        ap.error(f"--data-dir {args.data_dir}: not a folder")
+    data_dirs = [args.data_dir] if args.data_dir else []
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         ap.error(f"not found: {', '.join(missing)}")
@@ -110,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         fmt = TABULATE[args.format]
         print(render_cost(records, args.baseline, fmt) if args.cost else render_time(records, fmt))
         return 0
-    rows = rows_for(records, baselines, versus_best=not args.versus, per_seed=args.per_seed and not args.versus)
+    rows = rows_for(records, baselines, versus_best=not args.versus, per_seed=args.per_seed and not args.versus,
+                    data_dirs=data_dirs)
     if args.versus:
         a, b = (pick(rows, name, ap) for name in args.versus)
         try:
-            result = versus(a, b, args.resamples, *args.versus)
+            result = versus(a, b, args.resamples, *args.versus, data_dirs=data_dirs)
         except CompareError as err:
             print(f"nerbench: {err}", file=sys.stderr)
             return 2
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             from .plots import plot_all
 
-            print(f"plots: {plot_all(rows, Path(args.plot))}", file=sys.stderr)
+            print(f"plots: {plot_all(rows, Path(args.plot), data_dirs)}", file=sys.stderr)
         if args.save_baselines:
             print(f"baselines: {Baselines.load(args.save_baselines).merge(records)}", file=sys.stderr)
     except (OSError, BaselinesError) as err:

@@ -6,6 +6,7 @@ a record is passed over with one warning naming it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import warnings
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .. import atomic
-from .predictions import SplitPredictions, write_predictions
+from .predictions import TAGS_SUFFIX, SplitPredictions, read_predictions, read_tags, write_predictions
 from .records import RecordError, RunRecord
 
 
@@ -95,3 +96,47 @@ def predictions_path(record: RunRecord, split: str) -> Path | None:
     """Where a loaded record's saved predictions for ``split`` are, if it has them."""
     name = record.predictions.get(split)
     return Path(record.folder) / name if name and record.folder else None
+
+
+def saved_predictions(record: RunRecord, split: str, data_dirs: Iterable[str | Path] = ()) -> SplitPredictions | None:
+    """A loaded record's saved predictions for ``split``, or None where it has none. Predicted tags alone (a
+    baselines file's) are joined with the words, gold tags and documents of the data they were predicted on: found
+    in ``data_dirs`` or the record's own data folder, as the record's fingerprint says (None where it is in none)."""
+    path = predictions_path(record, split)
+    if path is None or not path.is_file():
+        return None
+    if not path.name.endswith(TAGS_SUFFIX):
+        return read_predictions(path)
+    sentences = split_of(record, split, data_dirs)
+    if sentences is None:
+        return None
+    return read_tags(path, [list(s.words) for s in sentences], [list(s.tags) for s in sentences],
+                     [s.doc for s in sentences])
+
+
+def split_of(record: RunRecord, split: str, data_dirs: Iterable[str | Path] = ()):
+    """The sentences of ``split`` of the data a record ran on (its quick sample drawn again), from the first of
+    ``data_dirs`` and the record's data folder whose files have the record's fingerprint; None where none has."""
+    from ..data import SampleSize, sample
+
+    want = record.dataset.get("full_fingerprint") or record.dataset.get("fingerprint")
+    source = record.dataset.get("source") or ""
+    candidates = [*data_dirs, *([source] if source and not source.startswith("hub:") else [])]
+    for folder in candidates:
+        dataset = _conll_dir(str(folder))
+        if dataset is None or dataset.fingerprint != want:
+            continue
+        size = SampleSize.described(record.dataset.get("sample", ""))
+        return (sample(dataset, size) if size else dataset)[split]
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _conll_dir(folder: str):
+    """A CoNLL folder, read once a process (the baselines' rows of one report share it); None where unreadable."""
+    from ..data import load_conll_dir
+
+    try:
+        return load_conll_dir(folder) if Path(folder).is_dir() else None
+    except (OSError, ValueError):  # ConllFormatError is a ValueError
+        return None

@@ -2,6 +2,9 @@
 against stored baselines, and which differences to the best row are significant."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Iterable
+
 from .baselines import Baselines
 from .compare import mark_versus_best
 from .records import RunRecord
@@ -12,7 +15,8 @@ LEGEND = ("vs best: ΔF1 to the best row on the same data; * significant (p < 0.
 
 
 def rows_for(records: list[RunRecord], baselines: Baselines | None = None, versus_best: bool = True,
-             per_seed: bool = False) -> list[Row]:
+             per_seed: bool = False, data_dirs: Iterable[str | Path] = ()) -> list[Row]:
+    """``data_dirs``: where the data of predicted tags saved alone (a baselines file's) may be."""
     rows = fold(records, per_seed)
     judge_by_current_floors(rows)
     if baselines is not None:
@@ -22,7 +26,7 @@ def rows_for(records: list[RunRecord], baselines: Baselines | None = None, versu
             below = [baselines.regression(r) for r in row.records]
             row.regression = "below the baseline's bound" if any(below) else ""
     if versus_best and not per_seed:  # a row a seed: seeds of one case are no rivals
-        mark_versus_best(rows)
+        mark_versus_best(rows, data_dirs=data_dirs)
     return rows
 
 
