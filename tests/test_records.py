@@ -314,6 +314,9 @@ def test_baselines_keep_predicted_tags_alone_and_verdicts_join_them_with_the_dat
     with pytest.raises(SystemExit):
         main([str(path), "--data-dir", str(tmp_path / "missing")])
     assert f"--data-dir {tmp_path / 'missing'}: not a folder" in capsys.readouterr().err
+    (tmp_path / names[0]).write_bytes(gzip.compress(b"O O\n"))  # a tags file that is not of this split
+    assert main([str(path), "--versus", "good", "worse", "--resamples", "500", "--data-dir", str(folder)]) == 2
+    assert f"cannot be read ({tmp_path / names[0]}: 1 sentences, the data's split has 20)" in capsys.readouterr().err
 
 
 def test_a_tags_file_that_does_not_fit_its_split_names_the_file_and_line(tmp_path):

@@ -25,9 +25,13 @@ class CompareError(ValueError):
 
 
 def saved_test_predictions(row: Row, data_dirs: Iterable[str | Path] = ()) -> SplitPredictions | None:
-    """The saved test predictions of the row's first seed that has them (``data_dirs``: store.saved_predictions)."""
+    """The saved test predictions of the row's first seed that has them (``data_dirs``: store.saved_predictions); a
+    file that cannot be read is a CompareError naming it."""
     for r in row.records:
-        found = saved_predictions(r, "test", data_dirs)
+        try:
+            found = saved_predictions(r, "test", data_dirs)
+        except (OSError, ValueError, EOFError) as err:  # gzip's BadGzipFile is an OSError, a bad encoding a ValueError
+            raise CompareError(f"{r.case}: its saved test predictions cannot be read ({err})") from None
         if found is not None:
             return found
     return None

@@ -304,7 +304,7 @@ def _predictions_of(row: Row, data_dirs: Iterable[str | Path]) -> tuple[RunRecor
     for record in row.records:
         try:
             found = saved_predictions(record, "test", data_dirs)
-        except (OSError, ValueError, UnicodeDecodeError, EOFError):
+        except (OSError, ValueError, EOFError):  # an unreadable file: the next seed's, or the figure goes without
             continue
         if found is not None:
             return record, classify_predictions(found)
