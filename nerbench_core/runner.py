@@ -94,7 +94,8 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
                         case_seconds=time.perf_counter() - t0)  # build, encoding, training, dev and test scoring
         levers = accel.facts()
         if outcome.cuda_graphs:
-            levers["cuda_graphs"]["detail"] = outcome.cuda_graphs
+            planned = levers["cuda_graphs"]["detail"]  # e.g. checkpointed layers with seeded dropout
+            levers["cuda_graphs"]["detail"] = f"{outcome.cuda_graphs}; {planned}" if planned else outcome.cuda_graphs
         if decoder is not None:
             levers["graphed_generation"]["detail"] = decoder.describe()
         built.details["accel"] = levers

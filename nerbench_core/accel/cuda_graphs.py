@@ -22,9 +22,13 @@ How:
   The optimizer, gradient clipping, the learning-rate schedule and dev scoring stay outside the graphs, as ever.
 * Dropout in a graph draws from CUDA's generator as it does eagerly (graph-safe Philox offsets).
 
-Where not: without CUDA; with gradient checkpointing (not tried: its recomputation saves and restores the RNG state
-inside the backward, and the cases that need it are bound by memory, not by the host), so a 12 GB card's 14B trains
-eagerly; with torch.compile
+* With gradient checkpointing (a card too small for the activations), the backward replays each layer's forward,
+  which must draw the same dropout masks: torch saves and restores the generator's state for that, which a graph
+  cannot record. There the LoRA dropout masks are keyed by a seed drawn at each step's start and the projection
+  (seeded_dropout.py), checkpointing saves no random state, and the plan allows graphs only where nothing else in
+  the layers draws random numbers.
+
+Where not: without CUDA; with torch.compile
 (whose own graphs would nest) and on the unsloth backend (its compiled kernels meet new shapes as it likes); with
 gradient accumulation (nerbench never asks for it).
 """
@@ -120,9 +124,12 @@ class Captured:
 
 
 class GraphedSteps:
-    """Forward and backward of training batches, eager for the first batch of each shape, replayed after."""
+    """Forward and backward of training batches, eager for the first batch of each shape, replayed after.
+    ``dropout_seed``: where the LoRA dropout is keyed by a step seed (checkpointed layers), drawn at every step's
+    start, inside the graph."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, dropout_seed=None):
+        self.dropout_seed = dropout_seed
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.grads = [torch.zeros_like(p) for p in self.params]  # at fixed addresses: the graphs write here
         self.stream = torch.cuda.Stream()
@@ -140,6 +147,8 @@ class GraphedSteps:
     def step(self, loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``loss_of(inputs)`` and its backward, the gradients added to the parameters' ``.grad``; the loss."""
         self._attach_grads()
+        if self.dropout_seed is not None:
+            loss_of = self._seeded(loss_of)
         if self.failed:
             return eager_step(loss_of, inputs)
         key = tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items())
@@ -151,6 +160,13 @@ class GraphedSteps:
         captured.graph.replay()
         self.replays += 1
         return captured.loss.detach().clone()
+
+    def _seeded(self, loss_of):
+        def seeded_loss_of(inputs):
+            self.dropout_seed.draw()
+            return loss_of(inputs)
+
+        return seeded_loss_of
 
     def _first(self, key: tuple, loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Train on the first batch of a shape eagerly, on the stream the capture then uses (its warm-up: lazy

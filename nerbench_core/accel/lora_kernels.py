@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .seeded_dropout import MAX_SALTS, DropoutSeed, seeded_dropout
+
 
 class FrozenWeight:
     """A base layer's frozen weight (and bias) in the compute dtype, with what never changes worked out once.
@@ -109,11 +111,15 @@ class LoraProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, lora_a, lora_b, frozen: FrozenWeight, scaling: float, dropout: float, dtype: torch.dtype):
+    def forward(ctx, x, lora_a, lora_b, frozen: FrozenWeight, scaling: float, dropout: float, dtype: torch.dtype,
+                seed: torch.Tensor | None = None, salt: int = 0):
         x = x.to(dtype)
         a, b = lora_a.to(dtype), lora_b.to(dtype)
         out = F.linear(x, frozen.weight(dtype), frozen.bias(dtype))
-        if dropout:
+        ctx.seeded = (seed, salt) if dropout and seed is not None else None
+        if ctx.seeded:  # the mask a function of (seed, salt): drawn again, not kept (seeded_dropout.py)
+            dropped, mask = seeded_dropout(x, dropout, seed, salt), None
+        elif dropout:
             dropped, mask = torch.native_dropout(x, dropout, True)
         else:
             dropped, mask = x, None
@@ -135,13 +141,15 @@ class LoraProjection(torch.autograd.Function):
         grad_b = torch.mm(g.t(), down2).mul_(s).to(ctx.dtypes[1])  # (out, r)
         grad_a = torch.mm(grad_down.t(), dropped.reshape(-1, dropped.shape[-1])).to(ctx.dtypes[0])  # (r, in)
         if not ctx.needs_input_grad[0]:  # the first layer's input (frozen embeddings)
-            return None, grad_a, grad_b, None, None, None, None
+            return None, grad_a, grad_b, None, None, None, None, None, None
         grad_x = torch.mm(g, ctx.frozen.weight(ctx.dtype))  # (N, in)
-        if mask is None:
+        if ctx.seeded:
+            grad_x.add_(seeded_dropout(torch.mm(grad_down, a), ctx.dropout, *ctx.seeded))
+        elif mask is None:
             grad_x.addmm_(grad_down, a)
         else:
             grad_x.add_(torch.mm(grad_down, a).mul_(mask.reshape(grad_x.shape)), alpha=1.0 / (1.0 - ctx.dropout))
-        return grad_x.view(*grad.shape[:-1], grad_x.shape[-1]), grad_a, grad_b, None, None, None, None
+        return grad_x.view(*grad.shape[:-1], grad_x.shape[-1]), grad_a, grad_b, None, None, None, None, None, None
 
 
 def compute_dtype_for(x: torch.Tensor) -> torch.dtype:
@@ -170,8 +178,9 @@ def fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return type(self).forward(self, x, *args, **kwargs)
     dropout = self.lora_dropout[name]
     p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    seed, salt = self.nerbench_dropout_seed or (None, 0)
     return LoraProjection.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.nerbench_frozen,
-                                self.scaling[name], p, compute_dtype_for(x))
+                                self.scaling[name], p, compute_dtype_for(x), seed.value if seed else None, salt)
 
 
 def lora_linears(model: nn.Module) -> list[nn.Module]:
@@ -188,14 +197,19 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
-def install(model: nn.Module, keep_weight: torch.dtype | None = None, keep_block_scales: bool = True) -> int:
+def install(model: nn.Module, keep_weight: torch.dtype | None = None, keep_block_scales: bool = True,
+            dropout_seed: DropoutSeed | None = None) -> int:
     """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many. With
     ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`); else, with
-    ``keep_block_scales``, their block scales are (accel.plan decides both)."""
+    ``keep_block_scales``, their block scales are (accel.plan decides both). With ``dropout_seed``, their dropout
+    masks are keyed by that step seed and the projection's number (seeded_dropout.py)."""
     layers = fused_layers(model)
     keep = keep_weight is None and keep_block_scales
-    for layer in layers:
+    if dropout_seed is not None and len(layers) > MAX_SALTS:
+        raise ValueError(f"seeded LoRA dropout: {len(layers)} projections, over the {MAX_SALTS} keys it has")
+    for salt, layer in enumerate(layers):
         layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep, keep_weight)
+        layer.nerbench_dropout_seed = (dropout_seed, salt) if dropout_seed is not None else None
         layer.forward = types.MethodType(fused_forward, layer)
     return len(layers)
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..precision import compute_dtype, dtype_name
-from . import compiling, cuda_graphs, graphed_generation, liger, lora_kernels, memory
+from . import compiling, cuda_graphs, graphed_generation, liger, lora_kernels, memory, seeded_dropout
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,12 @@ class AccelPlan:
     def liger_config(self) -> dict | None:
         return dict(liger.CONFIG) if self.liger.on else None
 
+    @property
+    def seeded_dropout(self) -> bool:
+        """Graphed steps that recompute checkpointed layers: the LoRA dropout masks are keyed by a step seed
+        (seeded_dropout.py), and checkpointing does not save the random generators' state."""
+        return self.cuda_graphs.on and self.gradient_checkpointing.on
+
     def batch_shapes(self, spec) -> cuda_graphs.BatchShapes | None:
         return cuda_graphs.batch_shapes(spec) if self.cuda_graphs.on else None
 
@@ -61,7 +67,7 @@ def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
     checkpointing = case.gradient_checkpointing(keep)
     return AccelPlan(liger=case.liger(), torch_compile=case.torch_compile(), fused_lora=fused, keep_dequantized=keep,
                      block_scales=case.block_scales(fused, keep), gradient_checkpointing=checkpointing,
-                     cuda_graphs=case.cuda_graphs(checkpointing), sdpa_without_cudnn=case.sdpa(),
+                     cuda_graphs=case.cuda_graphs(checkpointing, fused), sdpa_without_cudnn=case.sdpa(),
                      graphed_generation=case.graphed_generation(), free_bytes=case.free)
 
 
@@ -156,13 +162,19 @@ class _Case:
         on = memory.use_checkpointing(setting, room)
         return Lever(on, "asked for" if setting != "auto" else "activations do not fit" if on else "activations fit")
 
-    def cuda_graphs(self, checkpointing: Lever) -> Lever:
-        """Not with checkpointing (its recomputation saves and restores random states inside the backward) nor
-        torch.compile (its own graphs would nest)."""
+    def cuda_graphs(self, checkpointing: Lever, fused: Lever) -> Lever:
+        """Not with torch.compile (its own graphs would nest). With checkpointing only where the LoRA dropout is
+        nerbench's (fused LoRA, seeded by step: torch's saving of random states cannot be recorded) and nothing else
+        in the layers draws random numbers."""
         why = (self.not_ours(self.t.cuda_graphs) or ("no CUDA" if not self.cuda else None)
-               or ("gradient checkpointing" if checkpointing.on else None)
                or ("torch.compile" if self.t.torch_compile else None))
-        return Lever(why is None, why or "asked for")
+        if why is None and checkpointing.on:
+            why = ("gradient checkpointing without fused LoRA" if not fused.on else
+                   seeded_dropout.other_dropout(compiling.repeated_blocks(self.base), self.base.config))
+            if why is not None and fused.on:
+                why = f"gradient checkpointing with {why}"
+        detail = "checkpointed layers, LoRA dropout seeded by step" if why is None and checkpointing.on else ""
+        return Lever(why is None, why or "asked for", detail)
 
     def graphed_generation(self) -> Lever:
         why = ("head paradigm" if self.spec.paradigm != "generative" else self.not_ours(self.t.graphed_generation)
@@ -188,4 +200,6 @@ def apply(accel: AccelPlan, spec, built) -> None:
         compiling.compile_layers(built.transformers_model)
     if accel.fused_lora.on:
         keep = compute_dtype(spec) if accel.keep_dequantized.on else None
-        lora_kernels.install(built.model, keep, accel.block_scales.on)
+        seed = seeded_dropout.DropoutSeed(next(built.model.parameters()).device) if accel.seeded_dropout else None
+        lora_kernels.install(built.model, keep, accel.block_scales.on, seed)
+        built.model.nerbench_dropout_seed = seed  # drawn at the start of every graphed step (cuda_graphs.py)

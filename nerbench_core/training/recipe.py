@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import TrainingArguments
 
+from ..accel.cuda_graphs import GraphedSteps
 from ..accel.plan import AccelPlan
 from ..features import EncodedSplit
 from ..precision import compute_dtype
@@ -58,7 +59,8 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     args = training_arguments(spec, accel, output_dir, steps_per_epoch(spec, dataset.lengths, batches), checkpoints,
                               report_to)
     trainer = NerTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks,
-                         batches=batches, graphs=graphed_steps(model) if accel.cuda_graphs.on else None)
+                         batches=batches, graphs=GraphedSteps(model, getattr(model, "nerbench_dropout_seed", None))
+                         if accel.cuda_graphs.on else None)
 
     # 4. continue an interrupted run from its last complete epoch, or start clean
     resume = last_complete_checkpoint(output_dir) if checkpoints else None
@@ -134,7 +136,10 @@ def training_arguments(spec: ModelSpec, accel: AccelPlan, output_dir: Path, epoc
         data_seed=t.seed,
         bf16=compute_dtype(spec) == torch.bfloat16,
         gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        # graphed steps with checkpointing key the LoRA dropout by step instead (accel/seeded_dropout.py): the saving
+        # of random states cannot be recorded in a graph
+        gradient_checkpointing_kwargs={"use_reentrant": False, "preserve_rng_state": not accel.seeded_dropout}
+        if checkpointing else None,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         eval_strategy="no",  # dev is scored by BestOnDev, with predictions mapped by index
         save_strategy="epoch" if checkpoints else "no",
@@ -163,12 +168,6 @@ def training_arguments(spec: ModelSpec, accel: AccelPlan, output_dir: Path, epoc
     if args.n_gpu > 1:
         args._n_gpu = 1
     return args
-
-
-def graphed_steps(model: nn.Module):
-    from ..accel.cuda_graphs import GraphedSteps
-
-    return GraphedSteps(model)
 
 
 def synchronize() -> None:
