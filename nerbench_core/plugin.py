@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from .startup import UNAVAILABLE, StartupError, is_worker, uses_xdist
+from .startup import UNAVAILABLE, StartupError, bench_requested, is_worker, uses_xdist
 
 BASELINES = Path(__file__).resolve().parent.parent / "bench" / "baselines.json"
 _KEY = pytest.StashKey()
+_DIST_GIVEN = pytest.StashKey()
 
 
 @dataclass
@@ -32,6 +33,7 @@ class _Run:
     tail: object = None  # progress.Tail, on the xdist controller
     unavailable: list = field(default_factory=list)  # (nodeid, reason) of cases that could not run here
     baselines_saved: Path | None = None
+    expected: dict | None = None  # a case's pytest id -> its expected seconds (scheduling.py)
 
 
 def pytest_addoption(parser):
@@ -89,7 +91,8 @@ def pytest_addoption(parser):
                 help="GPUs to use, e.g. 0,1,2,3: pytest-xdist worker gwN gets IDS[N mod len]; one process uses the "
                      "first (default: every GPU visible)")
     g.addoption("--shard", default=None, metavar="I/N",
-                help="run only shard I of N (1-based) of the selected cases, for splitting a suite over hosts")
+                help="run only shard I of N (1-based) of the selected cases, for splitting a suite over hosts: "
+                     "each shard about the same expected time (hosts must read the same records)")
 
 
 # ---------------------------------------------------------------- configuration, before anything trains
@@ -97,6 +100,15 @@ def pytest_addoption(parser):
 
 def _run(config) -> _Run:
     return config.stash[_KEY]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config):
+    """Notes whether --dist (or -d) was given, before xdist makes "load" the default of -n: the benchmark's own
+    scheduler stands in for that default only."""
+    option = config.option
+    config.stash[_DIST_GIVEN] = getattr(option, "dist", "no") != "no" or bool(getattr(option, "distload", False))
+    return (yield)
 
 
 def _session(config):
@@ -145,51 +157,86 @@ def _start(config) -> _Run:
 def pytest_generate_tests(metafunc):
     if "spec" not in metafunc.fixturenames:
         return
-    from .specs import SpecError, resolve_suite
-
-    try:
-        specs = resolve_suite(metafunc.config.getoption("--suite"))
-    except SpecError as err:
-        raise pytest.UsageError(str(err)) from None
-    from .startup import seeds_option
-
-    try:
-        forced = seeds_option(metafunc.config)
-    except StartupError as err:
-        raise pytest.UsageError(str(err)) from None
-    params = []
-    for spec in specs:
-        seeds = forced or spec.run_seeds
-        for seed in seeds:
-            case_id = spec.name if len(seeds) == 1 else f"{spec.name}-seed{seed}"
-            params.append(pytest.param(spec.seeded(seed), id=case_id,
-                                       marks=[pytest.mark.bench, getattr(pytest.mark, spec.family)]))
+    params = [pytest.param(spec, id=case_id, marks=[pytest.mark.bench, getattr(pytest.mark, spec.family)])
+              for case_id, spec in _cases(metafunc.config)]
     metafunc.parametrize("spec", params)
 
 
+def _cases(config) -> list[tuple[str, object]]:
+    """The suite's cases: (pytest id, spec with its seed), one per spec and seed."""
+    from .specs import SpecError, resolve_suite
+    from .startup import seeds_option
+
+    try:
+        specs = resolve_suite(config.getoption("--suite"))
+        forced = seeds_option(config)
+    except (SpecError, StartupError) as err:
+        raise pytest.UsageError(str(err)) from None
+    cases = []
+    for spec in specs:
+        seeds = forced or spec.run_seeds
+        cases += [(spec.name if len(seeds) == 1 else f"{spec.name}-seed{seed}", spec.seeded(seed)) for seed in seeds]
+    return cases
+
+
+def _spec_of(item):
+    return getattr(getattr(item, "callspec", None), "params", {}).get("spec")
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m: --shard splits the cases selected
 def pytest_collection_modifyitems(session, config, items):
-    """Largest cases first (the run ends sooner when the long ones start early); then --shard."""
-    from .architectures import estimated_parameters
+    """Longest expected case first (the run ends sooner when the long ones start early); then --shard: this host's
+    part of the longest-first split of the cases' expected time (nerbench_core/scheduling.py)."""
+    from .scheduling import longest_first, lpt_partition
 
-    def spec_of(item):
-        return getattr(getattr(item, "callspec", None), "params", {}).get("spec")
-
-    bench = [i for i in items if spec_of(i) is not None]
-    if not bench:
+    bench = [i for i in items if _spec_of(i) is not None]
+    shard = config.getoption("--shard")
+    if not bench or (len(bench) == 1 and not shard):  # nothing to order (a distributed run's job): no records read
         return
     others = [i for i in items if i not in bench]
-    bench.sort(key=lambda item: estimated_parameters(spec_of(item).architecture), reverse=True)
-    shard = config.getoption("--shard")
+    expected = _expected(config)
+    jobs = longest_first([(item, expected.get(item.callspec.id, 0.0)) for item in bench])
+    bench = [item for item, _ in jobs]
     if shard:
         try:
             index, count = (int(x) for x in shard.split("/"))
             assert 1 <= index <= count
         except (ValueError, AssertionError):
             raise pytest.UsageError(f"--shard {shard!r}: expected I/N with 1 <= I <= N") from None
-        keep = [item for n, item in enumerate(bench) if n % count == index - 1]
+        keep = set(lpt_partition(jobs, count)[index - 1])
         config.hook.pytest_deselected(items=[i for i in bench if i not in keep])
-        bench = keep
+        bench = [i for i in bench if i in keep]
     items[:] = others + bench
+
+
+def _expected(config) -> dict[str, float]:
+    """Each case's expected seconds, by its pytest id. An xdist worker takes its controller's (workers must collect
+    the same cases in the same order); the controller, or the only process, reckons them from the results folder."""
+    run = _run(config)
+    if run.expected is None:
+        handed = getattr(config, "workerinput", {}).get("nerbench_expected")
+        run.expected = json.loads(handed) if handed is not None else _reckon_expected(config)
+    return run.expected
+
+
+def _reckon_expected(config) -> dict[str, float]:
+    from .scheduling import CPU, expected_durations
+    from .specs import SpecError
+    from .startup import gpu_name
+
+    session = _session(config)
+    options = session.options
+    try:
+        cases = _cases(config)
+        specs = {spec.name: spec.for_run(options.quick, **options.overrides) for _, spec in cases}
+    except (pytest.UsageError, SpecError):  # said when the cases are collected
+        return {}
+    # --shard: every host must find the same times in the same records, whatever GPU it has (and so must xdist
+    # workers that were handed no times: each has a GPU of its own)
+    device = None if config.getoption("--shard") or is_worker(config) else (gpu_name(config) or CPU)
+    expected = expected_durations(list(specs.values()), session.store.records(), options.mode, options.synthetic,
+                                  device)
+    return {case_id: expected[spec.name].seconds for case_id, spec in cases}
 
 
 @pytest.fixture(scope="session")
@@ -259,11 +306,29 @@ class _nothing:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
-    """The controller hands each xdist worker the folder its progress lines go to."""
+    """The controller hands each xdist worker the cases' expected times and the folder its progress lines go to."""
     run = _run(node.config)
+    if bench_requested(node.config):
+        node.workerinput["nerbench_expected"] = json.dumps(_expected(node.config))
     if run.session.options.progress:
         run.progress_dir = run.progress_dir or Path(tempfile.mkdtemp(prefix="nerbench-progress-"))
         node.workerinput["nerbench_progress"] = str(run.progress_dir)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Benchmark cases under -n go to the workers by expected time (nerbench_core/xdist_scheduler.py); a --dist
+    given decides instead, and the project's own tests keep xdist's default."""
+    if config.stash.get(_DIST_GIVEN, True) or not bench_requested(config):
+        return None
+    from .xdist_scheduler import ExpectedTimeScheduling
+
+    expected = _expected(config)
+
+    def seconds(nodeid: str) -> float:  # "bench/test_ner.py::test_ner[CASE_ID]"
+        return expected.get(nodeid[nodeid.rfind("[") + 1:-1], 0.0) if nodeid.endswith("]") else 0.0
+
+    return ExpectedTimeScheduling(config, log, expected=seconds)
 
 
 def pytest_sessionstart(session):

@@ -6,6 +6,7 @@ No pytest here: ``config`` is duck-typed (``getoption``, ``args``, ``option``, `
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -49,6 +50,28 @@ def visible_gpus() -> list[str]:
         return []
     out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout  # does not touch CUDA here
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def gpu_name(config) -> str | None:
+    """The name of the GPU this run's cases train on (the first of --gpus, else of CUDA_VISIBLE_DEVICES, else GPU 0),
+    as their records name it; None without one. Asked of nvidia-smi: an xdist controller starts no CUDA."""
+    given = config.getoption("--gpus")
+    ids = given if given else os.environ.get("CUDA_VISIBLE_DEVICES")
+    if ids is not None and not ids.strip():  # CUDA_VISIBLE_DEVICES="": the cases see no GPU
+        return None
+    return _gpu_names().get(ids.split(",")[0].strip() if ids else "0")
+
+
+@functools.cache
+def _gpu_names() -> dict[str, str]:
+    """Index and UUID -> name of each GPU ``nvidia-smi -L`` lists ("GPU 0: NVIDIA H200 (UUID: GPU-...)")."""
+    if not shutil.which("nvidia-smi"):
+        return {}
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    names = {}
+    for index, name, uuid in re.findall(r"^GPU (\d+): (.+?) \(UUID: ([^)]+)\)", out, flags=re.MULTILINE):
+        names[index] = names[uuid.strip()] = name.strip()
+    return names
 
 
 def pin_gpu(config) -> int:

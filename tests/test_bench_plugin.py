@@ -146,14 +146,15 @@ def test_compare_fails_a_case_that_fell_below_its_baseline(bench):
 
 def test_shards_split_a_suite_and_the_largest_cases_come_first(bench):
     pytester, data, model = bench
-    # architectures give the sizes: qwen1.5-7b > qwen1.5-0.5b > bert-base-cased
+    # no records: architectures give the expected times, qwen1.5-7b > qwen1.5-0.5b > bert-base-cased
     s = suite(pytester, "".join(f'[[model]]\nname = "{n}"\nmodel = "m"\narchitecture = "{n}"\n\n'
                                 for n in ("bert-base-cased", "qwen1.5-7b", "qwen1.5-0.5b")))
     order = run(pytester, data, s, "--collect-only", "-q")
     order.stdout.fnmatch_lines(["*test_ner*qwen1.5-7b*", "*test_ner*qwen1.5-0.5b*", "*test_ner*bert-base-cased*"])
+    # the longest-first split of their expected time: the 7B alone against the two small ones
     first, second = (run(pytester, data, s, "--collect-only", "-q", "--shard", f"{i}/2").stdout.str() for i in (1, 2))
-    assert "qwen1.5-7b" in first and "bert-base-cased" in first and "qwen1.5-0.5b" not in first
-    assert "qwen1.5-0.5b" in second and "qwen1.5-7b" not in second
+    assert "qwen1.5-7b" in first and "bert-base-cased" not in first and "qwen1.5-0.5b" not in first
+    assert "qwen1.5-0.5b" in second and "bert-base-cased" in second and "qwen1.5-7b" not in second
     run(pytester, data, s, "--collect-only", "--shard", "3/2").stderr.fnmatch_lines(["*--shard '3/2': expected I/N*"])
 
 
