@@ -92,7 +92,8 @@ def pytest_addoption(parser):
                      "first (default: every GPU visible)")
     g.addoption("--shard", default=None, metavar="I/N",
                 help="run only shard I of N (1-based) of the selected cases, for splitting a suite over hosts: "
-                     "each shard about the same expected time (hosts must read the same records)")
+                     "each shard about the same estimated time (from the models' sizes and epochs, the same on every "
+                     "host)")
 
 
 # ---------------------------------------------------------------- configuration, before anything trains
@@ -220,23 +221,19 @@ def _expected(config) -> dict[str, float]:
 
 
 def _reckon_expected(config) -> dict[str, float]:
-    from .scheduling import CPU, expected_durations
+    from .scheduling import CPU
     from .specs import SpecError
     from .startup import gpu_name
 
-    session = _session(config)
-    options = session.options
+    # --shard: hosts may each keep a results folder of their own, and a split that read them could differ from host
+    # to host (a case run twice, or never): shards are split by the estimates alone. xdist workers handed no times
+    # prefer no GPU (each has one of its own).
+    shard = config.getoption("--shard")
+    device = None if shard or is_worker(config) else (gpu_name(config) or CPU)
     try:
-        cases = _cases(config)
-        specs = {spec.name: spec.for_run(options.quick, **options.overrides) for _, spec in cases}
+        return _session(config).expected_seconds(_cases(config), device, use_records=not shard)
     except (pytest.UsageError, SpecError):  # said when the cases are collected
         return {}
-    # --shard: every host must find the same times in the same records, whatever GPU it has (and so must xdist
-    # workers that were handed no times: each has a GPU of its own)
-    device = None if config.getoption("--shard") or is_worker(config) else (gpu_name(config) or CPU)
-    expected = expected_durations(list(specs.values()), session.store.records(), options.mode, options.synthetic,
-                                  device)
-    return {case_id: expected[spec.name].seconds for case_id, spec in cases}
 
 
 @pytest.fixture(scope="session")

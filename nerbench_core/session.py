@@ -53,6 +53,18 @@ class Session:
         self.progress: Callable[[str], Callable[[dict], None]] | None = None
         self.running: str | None = None  # the case being trained now
 
+    def expected_seconds(self, cases: list[tuple[str, ModelSpec]], prefer_device: str | None,
+                         use_records: bool = True) -> dict[str, float]:
+        """Each case's expected seconds, by its id (scheduling.py): from the results folder's records where
+        ``use_records``, else estimated from the cases' sizes and epochs alone."""
+        from .scheduling import expected_durations
+
+        specs = {spec.name: spec.for_run(self.options.quick, **self.options.overrides) for _, spec in cases}
+        records = self.store.records() if use_records else []
+        expected = expected_durations(list(specs.values()), records, self.options.mode, self.options.synthetic,
+                                      prefer_device)
+        return {case_id: expected[spec.name].seconds for case_id, spec in cases}
+
     def run(self, spec: ModelSpec, dataset: NerDataset) -> Outcome:
         """Run one case (its spec seeded), or reuse its stored record; a failure is recorded before it is raised."""
         from .backends.base import ModelUnavailable
