@@ -7,6 +7,7 @@ import torch
 from nerbench_core.accel import lora_kernels
 from nerbench_core.accel.memory import DeviceMemory
 from nerbench_core.accel.plan import plan
+from nerbench_core.accel.seeded_dropout import DropoutSeed, seeded_dropout
 from nerbench_core.specs import TrainConfig
 
 from .helpers import build, on_device_of, planned
@@ -73,22 +74,32 @@ def test_fused_lora_in_bf16_is_as_close_to_float32_as_peft(qwen_dir, tmp_path):
     assert error(fused_grads) <= 1.25 * error(peft_grads)
 
 
-def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_path):
-    """With dropout the mask is random: check the hand-written backward against autograd over the same mask."""
+@pytest.mark.parametrize("masks", ["torch", "seeded"])
+def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_path, masks):
+    """With dropout the mask is random: check the hand-written backward against autograd over the same mask: torch's
+    (the same generator state) or the seeded one (seeded_dropout.py, the same keys: on a GPU machine its kernel)."""
     spec = spec_for(qwen_dir, method="lora")
     layer = lora_kernels.lora_linears(build(spec, ["O"], tmp_path).model)[0]
     base, name = layer.get_base_layer().float(), layer.active_adapters[0]
     torch.nn.init.normal_(layer.lora_B[name].weight)  # B starts at zero: give A a gradient to compare
     a, b, p, s = layer.lora_A[name].weight, layer.lora_B[name].weight, 0.3, layer.scaling[name]
-    x = torch.randn(2, 5, base.in_features, device=base.weight.device, requires_grad=True)
+    x = torch.randn(2, 5, base.in_features, generator=torch.Generator().manual_seed(0))  # whatever ran before
+    x = x.to(base.weight.device).requires_grad_()
+    seed = DropoutSeed(x.device)
+    seed.value.fill_(99)
+    keys = (seed.value, 3) if masks == "seeded" else ()
 
     torch.manual_seed(7)
-    fused = lora_kernels.LoraProjection.apply(x, a, b, lora_kernels.FrozenWeight(base), s, p, torch.float32)
+    fused = lora_kernels.LoraProjection.apply(x, a, b, lora_kernels.FrozenWeight(base), s, p, torch.float32, *keys)
     grads = torch.autograd.grad(fused.square().sum(), (x, a, b))
 
-    torch.manual_seed(7)  # the same mask: the function's first random draw is its dropout
-    _, mask = torch.native_dropout(x.detach(), p, True)
-    ref = torch.nn.functional.linear(x, base.weight, base.bias) + s * (x * mask / (1 - p)) @ a.t() @ b.t()
+    if keys:
+        mask = (seeded_dropout(torch.ones_like(x.detach()), p, *keys) != 0).float()
+    else:
+        torch.manual_seed(7)  # the same mask: the function's first random draw is its dropout
+        _, mask = torch.native_dropout(x.detach(), p, True)
+    assert 0 < mask.float().mean().item() < 1
+    ref = torch.nn.functional.linear(x, base.weight, base.bias) + s * (x * mask * (1.0 / (1 - p))) @ a.t() @ b.t()
     ref_grads = torch.autograd.grad(ref.square().sum(), (x, a, b))
     torch.testing.assert_close(fused, ref)
     for got, want in zip(grads, ref_grads):

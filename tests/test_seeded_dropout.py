@@ -1,5 +1,5 @@
 """LoRA dropout keyed by a step seed (accel/seeded_dropout.py): the same mask for the same keys, the keep rate asked
-for, the hand-written backward over that mask, checkpointed layers that recompute it exactly (CPU and GPU), and
+for (the hand-written backward over that mask: test_lora_kernels.py), checkpointed layers that recompute it exactly (CPU and GPU), and
 graphed checkpointed steps that compute the eager ones (GPU)."""
 import dataclasses
 
@@ -44,29 +44,6 @@ def test_the_mask_is_a_function_of_its_keys_at_the_rate_asked_for(device):
     other_seed = kept(7)
     for other in (other_salt, other_seed):  # independent masks agree on p^2 + (1-p)^2 of the positions
         assert abs((other == mask).float().mean().item() - (p * p + (1 - p) ** 2)) < 0.01
-
-
-def test_the_fused_projection_with_a_seeded_mask_has_the_gradients_of_that_mask(qwen_dir, tmp_path):
-    """On the device the model is built on (the GPU kernel on a GPU machine, the CPU reference here)."""
-    spec = spec_for(qwen_dir, method="lora")
-    layer = lora_kernels.lora_linears(build(spec, ["O"], tmp_path).model)[0]
-    base, name = layer.get_base_layer().float(), layer.active_adapters[0]
-    torch.nn.init.normal_(layer.lora_B[name].weight)  # B starts at zero: give A a gradient to compare
-    a, b, p, s = layer.lora_A[name].weight, layer.lora_B[name].weight, 0.3, layer.scaling[name]
-    x = torch.randn(2, 5, base.in_features, device=base.weight.device, requires_grad=True)
-    seed = seed_on(base.weight.device.type, 99)
-
-    fused = lora_kernels.LoraProjection.apply(x, a, b, lora_kernels.FrozenWeight(base), s, p, torch.float32,
-                                              seed.value, 3)
-    grads = torch.autograd.grad(fused.square().sum(), (x, a, b))
-
-    mask = seeded_dropout(torch.ones_like(x.detach()), p, seed.value, 3) * (1 - p)
-    assert 0 < mask.mean().item() < 1
-    ref = torch.nn.functional.linear(x, base.weight, base.bias) + s * (x * mask / (1 - p)) @ a.t() @ b.t()
-    ref_grads = torch.autograd.grad(ref.square().sum(), (x, a, b))
-    torch.testing.assert_close(fused, ref)
-    for got, want in zip(grads, ref_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def lora_dropout_only(model: torch.nn.Module) -> None:
