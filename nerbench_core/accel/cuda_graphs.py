@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .seeded_dropout import DropoutSeed
+
 LADDER = ((4, 32), (8, 64), (16, 128))  # (step, up to): lengths round up to a multiple of step while <= up to
 LONG_STEP = 64  # above the ladder
 
@@ -128,7 +130,7 @@ class GraphedSteps:
     ``dropout_seed``: where the LoRA dropout is keyed by a step seed (checkpointed layers), drawn at every step's
     start, inside the graph."""
 
-    def __init__(self, model: nn.Module, dropout_seed=None):
+    def __init__(self, model: nn.Module, dropout_seed: DropoutSeed | None = None):
         self.dropout_seed = dropout_seed
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.grads = [torch.zeros_like(p) for p in self.params]  # at fixed addresses: the graphs write here

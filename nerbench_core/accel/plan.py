@@ -169,10 +169,10 @@ class _Case:
         why = (self.not_ours(self.t.cuda_graphs) or ("no CUDA" if not self.cuda else None)
                or ("torch.compile" if self.t.torch_compile else None))
         if why is None and checkpointing.on:
-            why = ("gradient checkpointing without fused LoRA" if not fused.on else
-                   seeded_dropout.other_dropout(compiling.repeated_blocks(self.base), self.base.config))
-            if why is not None and fused.on:
-                why = f"gradient checkpointing with {why}"
+            if not fused.on:
+                why = "gradient checkpointing without fused LoRA"
+            elif other := seeded_dropout.other_dropout(compiling.repeated_blocks(self.base), self.base.config):
+                why = f"gradient checkpointing with {other}"
         detail = "checkpointed layers, LoRA dropout seeded by step" if why is None and checkpointing.on else ""
         return Lever(why is None, why or "asked for", detail)
 
