@@ -163,3 +163,21 @@ def test_replayed_checkpointed_steps_give_the_eager_checkpointed_gradients(qwen_
             torch.testing.assert_close(g, p.grad, rtol=2e-2, atol=1e-3, msg=f"batch {i}")
     assert graphs.replays == 2 and len(graphs.graphs) == 2 and not graphs.failed
     assert len(seeds) == 4  # every step, replayed or not, drew its own seed
+
+
+def test_seeded_dropout_needs_every_lora_layer_computed_by_the_fused_projection(qwen_dir, tmp_path):
+    """A LoRA layer left to peft's forward would draw torch's dropout inside checkpointed graphed layers: the plan
+    refuses (all_plain), and should one fall back while training anyway, it stops instead of training wrongly."""
+    model = built_with_lora_dropout(qwen_dir, tmp_path, seeded=True)
+    layers = lora_kernels.lora_linears(model)
+    assert lora_kernels.all_plain(model)
+    layers[0].get_base_layer().weight.requires_grad_(True)  # a trained base weight: peft's forward
+    assert not lora_kernels.all_plain(model)
+    layers[0].get_base_layer().weight.requires_grad_(False)
+    layers[1]._disable_adapters = True  # falls back at run time
+    with pytest.raises(RuntimeError, match="fell back to peft's forward"):
+        grads_of_step(model, batch_of(2, 4, 0), checkpointing=False)
+    model.eval()  # without training dropout the fallback is peft's exact forward
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model(**{k: v.to(device) for k, v in batch_of(2, 4, 0).items()})

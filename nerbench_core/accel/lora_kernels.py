@@ -156,14 +156,27 @@ def compute_dtype_for(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
 
+def plain(layer: nn.Module) -> bool:
+    """Whether ``layer``'s adapters are one active vanilla LoRA adapter (enabled, not merged, no variant such as DoRA,
+    no bias on B): what :class:`LoraProjection` computes, whatever the input."""
+    if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+        return False
+    name = layer.active_adapters[0]
+    return name in layer.lora_A and name not in getattr(layer, "lora_variant", {}) and layer.lora_B[name].bias is None
+
+
+def all_plain(model: nn.Module) -> bool:
+    """Whether every LoRA layer of ``model`` is fused and plain: then every LoRA dropout is :class:`LoraProjection`'s
+    (what seeded dropout needs: a layer left to peft's forward would draw torch's)."""
+    return all(fusable(layer.get_base_layer()) and plain(layer) for layer in lora_linears(model))
+
+
 def plain_adapter(layer: nn.Module, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
     """The one active vanilla LoRA adapter of ``layer`` when :class:`LoraProjection` computes what peft would;
     None where peft's own forward must run."""
-    if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+    if args or kwargs or not plain(layer):
         return None
     name = layer.active_adapters[0]
-    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None:
-        return None
     if getattr(layer, "nerbench_frozen", None) is None:
         return None  # not installed on this layer (install's reasons)
     if not torch.is_autocast_enabled(x.device.type) and layer.lora_A[name].weight.dtype != x.dtype:
@@ -175,6 +188,12 @@ def fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """Replaces a peft LoRA layer's forward (bound to the layer by :func:`install`)."""
     name = plain_adapter(self, x, args, kwargs)
     if name is None:
+        if self.nerbench_dropout_seed and self.training and any(
+                isinstance(d, nn.Dropout) and d.p > 0 for d in self.lora_dropout.values()):
+            # peft's dropout draws from torch's generator, which checkpointed layers in a graph cannot draw again: the
+            # gradients would be wrong (the plan allows seeded dropout only where every LoRA layer is plain)
+            raise RuntimeError("seeded LoRA dropout: a LoRA layer fell back to peft's forward while training with "
+                               "dropout; train with cuda_graphs = false")
         return type(self).forward(self, x, *args, **kwargs)
     dropout = self.lora_dropout[name]
     p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
