@@ -52,16 +52,19 @@ def expected_durations(specs: Sequence[ModelSpec], records: Iterable[RunRecord],
 
 def _usable(record: RunRecord, mode: str, synthetic: bool) -> bool:
     """A record that says how long its case takes in this kind of run: trained to the end (an error stops early, a
-    reused record measured nothing new), on the same amount of data (quick or full), real or synthetic alike."""
+    reused record measured nothing new, a resumed one only the epochs after its checkpoint), on the same amount of
+    data (quick or full), real or synthetic alike."""
     seconds = record.cost.get("case_seconds")
     return (record.finished and record.mode == mode and record.synthetic == synthetic
-            and isinstance(seconds, (int, float)) and seconds > 0)
+            and not record.cost.get("resumed_from") and isinstance(seconds, (int, float)) and seconds > 0)
 
 
 def measured_seconds(spec: ModelSpec, records: Sequence[RunRecord], prefer_device: str | None) -> float | None:
     """The case's time in its chosen record (same case; the preferred device first, then the most recent; the run key
     breaks ties, so every process picks the same), scaled to the epochs it runs now; None where it has none."""
-    own = [r for r in records if r.case == spec.name]
+    # a run cut at a number of steps (a speed probe) says nothing of a whole one, nor the reverse
+    own = [r for r in records if r.case == spec.name
+           and (r.spec.get("train", {}).get("max_steps") or None) == (spec.train.max_steps or None)]
     if not own:
         return None
     chosen = max(own, key=lambda r: (prefer_device is not None and device_of(r) == prefer_device, r.created, r.run_key))
@@ -118,7 +121,7 @@ def lpt_partition(jobs: Sequence[tuple[T, float]], parts: int, loads: Sequence[f
     load = list(loads) if loads is not None else [0.0] * parts
     split: list[list[T]] = [[] for _ in range(parts)]
     for key, seconds in longest_first(jobs):
-        part = min(range(parts), key=lambda i: (load[i], i))
+        part = min(range(parts), key=lambda i: (load[i], len(split[i]), i))  # jobs of no known time: spread out
         split[part].append(key)
         load[part] += seconds
     return split

@@ -50,6 +50,8 @@ def test_lpt_ties_keep_the_given_order_and_existing_loads_count():
     assert lpt_partition(equal, 2, loads=[25.0, 0.0]) == [["d"], ["a", "b", "c", "e"]]
     with pytest.raises(ValueError):
         lpt_partition(equal, 0)
+    # jobs of no known time never raise a part's load: they are spread by count, not all put in the first part
+    assert lpt_partition([(name, 0.0) for name in "abcd"], 2) == [["a", "c"], ["b", "d"]]
 
 
 def test_an_idle_worker_takes_queued_jobs_only_while_that_ends_the_pair_sooner():
@@ -102,6 +104,11 @@ def test_records_that_say_nothing_of_this_run_are_passed_over():
                 earlier("qwen1.5-7b", 7.0, synthetic=True),  # random weights
                 earlier("qwen1.5-7b", 9.0, status="failed", error="CUDA out of memory"),  # stopped early
                 earlier("qwen1.5-7b", 8.0, status="skipped")]
+    resumed = earlier("qwen1.5-7b", 6.0)  # continued from a checkpoint: only its last epoch timed
+    resumed.cost["resumed_from"] = "checkpoint-2"
+    probe = earlier("qwen1.5-7b", 20.0)  # a speed probe cut at 40 steps
+    probe.spec["train"]["max_steps"] = 40
+    unusable += [resumed, probe]
     expected = expected_durations(specs, unusable, "full", False, CPU)["qwen1.5-7b"]
     assert expected.source == ESTIMATED
     # a case below its floor trained to the end: its time counts

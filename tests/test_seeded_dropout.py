@@ -181,3 +181,25 @@ def test_seeded_dropout_needs_every_lora_layer_computed_by_the_fused_projection(
     device = next(model.parameters()).device
     with torch.no_grad():
         model(**{k: v.to(device) for k, v in batch_of(2, 4, 0).items()})
+
+
+def test_the_trainer_saves_no_random_state_exactly_where_the_dropout_is_seeded(qwen_dir, tmp_path):
+    """The wiring (CPU): checkpointing keeps torch's state saving unless the plan graphs checkpointed steps; a model
+    the plan did not give its seed is refused before training."""
+    from nerbench_core.accel.plan import Lever
+    from nerbench_core.training.recipe import train, training_arguments
+
+    spec = spec_for(qwen_dir, method="lora")
+    built = build(spec, ["O", "B-PER"], tmp_path)
+    accel = plan(spec, built, DeviceMemory())
+    on, off = Lever(True, "asked for"), Lever(False, "not asked for")
+    cases = {(True, True): False, (True, False): True, (False, True): None}  # (checkpointing, graphs): preserve
+    for (checkpointing, graphs), preserve in cases.items():
+        planned_ = dataclasses.replace(accel, gradient_checkpointing=on if checkpointing else off,
+                                       cuda_graphs=on if graphs else off)
+        assert planned_.seeded_dropout == (checkpointing and graphs)
+        kwargs = training_arguments(spec, planned_, tmp_path / "out", 10, False).gradient_checkpointing_kwargs
+        assert (kwargs or {}).get("preserve_rng_state") == preserve
+    seeded = dataclasses.replace(accel, gradient_checkpointing=on, cuda_graphs=on)
+    with pytest.raises(RuntimeError, match="no dropout seed"):
+        train(built.model, built.tokenizer, spec, seeded, None, lambda m: {}, tmp_path / "out")

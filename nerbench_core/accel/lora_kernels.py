@@ -166,9 +166,12 @@ def plain(layer: nn.Module) -> bool:
 
 
 def all_plain(model: nn.Module) -> bool:
-    """Whether every LoRA layer of ``model`` is fused and plain: then every LoRA dropout is :class:`LoraProjection`'s
-    (what seeded dropout needs: a layer left to peft's forward would draw torch's)."""
-    return all(fusable(layer.get_base_layer()) and plain(layer) for layer in lora_linears(model))
+    """Whether every LoRA layer of ``model`` (of any kind peft has) is fused and plain: then every LoRA dropout is
+    :class:`LoraProjection`'s (what seeded dropout needs: a layer left to peft's forward would draw torch's)."""
+    from peft.tuners.lora import LoraLayer
+
+    fused = {id(layer) for layer in fused_layers(model)}
+    return all(id(layer) in fused and plain(layer) for layer in model.modules() if isinstance(layer, LoraLayer))
 
 
 def plain_adapter(layer: nn.Module, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:

@@ -173,6 +173,8 @@ class _Case:
                 why = "gradient checkpointing without fused LoRA"
             elif not lora_kernels.all_plain(self.built.model):
                 why = "gradient checkpointing with LoRA layers fused LoRA does not compute (peft's dropout)"
+            elif len(self.layers) > seeded_dropout.MAX_SALTS:
+                why = f"gradient checkpointing with {len(self.layers)} LoRA projections, over seeded dropout's keys"
             elif other := seeded_dropout.other_dropout(compiling.repeated_blocks(self.base), self.base.config):
                 why = f"gradient checkpointing with {other}"
         detail = "checkpointed layers, LoRA dropout seeded by step" if why is None and checkpointing.on else ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd  # every dropout module's base (Dropout, Dropout1d-3d, AlphaDropout)
 
 _BLOCK = 1024
 MAX_SALTS = 4096  # projections a model may have: the generator's key is seed * MAX_SALTS + salt
@@ -32,7 +33,7 @@ class DropoutSeed:
         self.value = torch.zeros(1, dtype=torch.int64, device=device)
 
     def draw(self) -> None:
-        self.value.random_(0, 2 ** 31 - 1)
+        self.value.random_(0, 2 ** 40)  # times MAX_SALTS, plus the salt, still within int64
 
 
 def seeded_dropout(x: torch.Tensor, p: float, seed: torch.Tensor, salt: int) -> torch.Tensor:
@@ -94,7 +95,7 @@ def other_dropout(layers: list[nn.Module], config) -> str | None:
     outside the layers, aside), or None. With any, checkpointed steps keep torch's state saving and stay eager."""
     for layer in layers:
         for name, module in layer.named_modules():
-            if isinstance(module, nn.Dropout) and module.p > 0 and "lora_dropout" not in name:
+            if isinstance(module, _DropoutNd) and module.p > 0 and "lora_dropout" not in name:
                 return f"dropout {module.p} in {type(layer).__name__}.{name}"
     for key, value in (config.to_dict().items() if config is not None else ()):
         if ("dropout" in key or "pdrop" in key) and not key.startswith("classifier") and isinstance(value, float) \

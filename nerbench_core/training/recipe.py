@@ -40,6 +40,11 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     ``select_on_dev`` false: keep the last epoch (a dev split without entities). ``report`` takes live progress
     events; ``report_to`` names the Trainer's loggers (tensorboard, wandb, mlflow, or none).
     """
+    # 0. the LoRA dropout's step seed, where graphed steps recompute checkpointed layers (accel.plan.apply made it)
+    seed = getattr(model, "nerbench_dropout_seed", None)
+    if accel.seeded_dropout and seed is None:  # without it every step would draw the same masks
+        raise RuntimeError("seeded LoRA dropout planned, but the model has no dropout seed: accel.plan.apply first")
+
     # 1. batches: length-sorted under a token budget where the spec sets one, padded to the graphs' shapes
     shapes = accel.batch_shapes(spec)
     collator = CountingCollator(tokenizer, shapes)
@@ -59,7 +64,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     args = training_arguments(spec, accel, output_dir, steps_per_epoch(spec, dataset.lengths, batches), checkpoints,
                               report_to)
     trainer = NerTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks,
-                         batches=batches, graphs=GraphedSteps(model, getattr(model, "nerbench_dropout_seed", None))
+                         batches=batches, graphs=GraphedSteps(model, seed)
                          if accel.cuda_graphs.on else None)
 
     # 4. continue an interrupted run from its last complete epoch, or start clean
