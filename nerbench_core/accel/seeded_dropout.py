@@ -2,8 +2,8 @@
 what lets CUDA graphs record steps that recompute checkpointed layers (``cuda_graphs`` with gradient checkpointing).
 
 Why: a card too small for the activations trains with gradient checkpointing, and such steps were eager: on an H200
-as a 12 GB card, a Qwen1.5-14B step kept the GPU busy for about a sixth of its time, the rest the host launching
-kernels (docs/PERFORMANCE.md). Graphs would remove that, but checkpointing replays each layer's forward in the
+as a 12 GB card, a Qwen1.5-14B step kept the GPU busy for a small part of its time, the rest the host launching
+kernels (docs/PERFORMANCE.md has the numbers). Graphs would remove that, but checkpointing replays each layer's forward in the
 backward and must draw the same dropout masks again: torch.utils.checkpoint saves and restores the CUDA generator's
 state for that, which cannot be done while a graph is recorded (pytorch/pytorch#162504; a graph-safe clone of the
 state does not exist yet, #170535). The only random draws inside nerbench's decoder layers are the LoRA dropouts,
