@@ -71,7 +71,8 @@ class TrainConfig:
     keep_dequantized: bool | Literal["auto"] = "auto"
     # Forward and backward of each training batch replayed from a CUDA graph (accel/cuda_graphs.py), batches padded to a
     # few shapes: a step then costs the host one call instead of thousands of kernel launches. Only on CUDA, without
-    # gradient checkpointing (a small card's large model trains eagerly), torch.compile or the unsloth backend.
+    # torch.compile or the unsloth backend; with gradient checkpointing only where the LoRA dropout can be keyed by
+    # step (accel/seeded_dropout.py).
     cuda_graphs: bool = True
     # The generative paradigm's greedy decoding with a static cache, each step replayed from a CUDA graph
     # (accel/graphed_generation.py): the same tokens as transformers' generate, without a launch from Python for

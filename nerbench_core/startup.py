@@ -46,10 +46,7 @@ def worker_gpu(worker: str, gpus: list[str]) -> str | None:
 
 
 def visible_gpus() -> list[str]:
-    if not shutil.which("nvidia-smi"):
-        return []
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout  # does not touch CUDA here
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+    return [index for index, _, _ in _listed_gpus()]
 
 
 def gpu_name(config) -> str | None:
@@ -59,19 +56,19 @@ def gpu_name(config) -> str | None:
     ids = given if given else os.environ.get("CUDA_VISIBLE_DEVICES")
     if ids is not None and not ids.strip():  # CUDA_VISIBLE_DEVICES="": the cases see no GPU
         return None
-    return _gpu_names().get(ids.split(",")[0].strip() if ids else "0")
+    names = {key: name for index, name, uuid in _listed_gpus() for key in (index, uuid)}
+    return names.get(ids.split(",")[0].strip() if ids else "0")
 
 
 @functools.cache
-def _gpu_names() -> dict[str, str]:
-    """Index and UUID -> name of each GPU ``nvidia-smi -L`` lists ("GPU 0: NVIDIA H200 (UUID: GPU-...)")."""
+def _listed_gpus() -> tuple[tuple[str, str, str], ...]:
+    """(index, name, UUID) of each GPU ``nvidia-smi -L`` lists ("GPU 0: NVIDIA H200 (UUID: GPU-...)"), none without
+    nvidia-smi. Asking it does not touch CUDA in this process."""
     if not shutil.which("nvidia-smi"):
-        return {}
+        return ()
     out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
-    names = {}
-    for index, name, uuid in re.findall(r"^GPU (\d+): (.+?) \(UUID: ([^)]+)\)", out, flags=re.MULTILINE):
-        names[index] = names[uuid.strip()] = name.strip()
-    return names
+    return tuple((index, name.strip(), uuid.strip())
+                 for index, name, uuid in re.findall(r"^GPU (\d+): (.+?) \(UUID: ([^)]+)\)", out, flags=re.MULTILINE))
 
 
 def pin_gpu(config) -> int:

@@ -157,7 +157,7 @@ def test_the_gpu_a_run_prefers_records_of_is_the_first_it_trains_on(monkeypatch)
                "  MIG 1g.18gb Device 0: (UUID: MIG-77aa)\n")
     monkeypatch.setattr(startup.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
     monkeypatch.setattr(startup.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout=listing))
-    startup._gpu_names.cache_clear()
+    startup._listed_gpus.cache_clear()
     try:
         def name(gpus=None, visible=None):
             if visible is None:
@@ -169,8 +169,9 @@ def test_the_gpu_a_run_prefers_records_of_is_the_first_it_trains_on(monkeypatch)
         assert name() == "NVIDIA A10"
         assert name(gpus="1,0") == "NVIDIA H200" and name(visible="GPU-9f8e") == "NVIDIA H200"
         assert name(visible="") is None  # the cases see no GPU: CPU records come first
+        assert startup.visible_gpus() == ["0", "1"]  # the MIG line is no GPU of its own
     finally:
-        startup._gpu_names.cache_clear()
+        startup._listed_gpus.cache_clear()
 
 
 # ---------------------------------------------------------------- the xdist scheduler, with stand-in workers

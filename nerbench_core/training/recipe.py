@@ -64,8 +64,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     args = training_arguments(spec, accel, output_dir, steps_per_epoch(spec, dataset.lengths, batches), checkpoints,
                               report_to)
     trainer = NerTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks,
-                         batches=batches, graphs=GraphedSteps(model, seed)
-                         if accel.cuda_graphs.on else None)
+                         batches=batches, graphs=GraphedSteps(model, seed) if accel.cuda_graphs.on else None)
 
     # 4. continue an interrupted run from its last complete epoch, or start clean
     resume = last_complete_checkpoint(output_dir) if checkpoints else None
