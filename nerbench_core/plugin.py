@@ -221,17 +221,22 @@ def _expected(config) -> dict[str, float]:
 
 
 def _reckon_expected(config) -> dict[str, float]:
+    from .data import NerDataset
     from .scheduling import CPU
     from .specs import SpecError
     from .startup import gpu_name
 
     # --shard: hosts may each keep a results folder of their own, and a split that read them could differ from host
-    # to host (a case run twice, or never): shards are split by the estimates alone. xdist workers handed no times
-    # prefer no GPU (each has one of its own).
+    # to host (a case run twice, or never): shards are split by the estimates alone, whatever records are reused.
+    # xdist workers handed no times prefer no GPU (each has one of its own).
     shard = config.getoption("--shard")
     device = None if shard or is_worker(config) else (gpu_name(config) or CPU)
+    session, loaded = _session(config), _run(config).dataset
+    # the data as the cases get it, whose fingerprint their run keys hold: it tells which cases will be reused
+    # (none known on an xdist worker, which has not read it, nor where it cannot be had)
+    dataset = session.case_dataset(loaded) if isinstance(loaded, NerDataset) else None
     try:
-        return _session(config).expected_seconds(_cases(config), device, use_records=not shard)
+        return session.expected_seconds(_cases(config), device, use_records=not shard, dataset=dataset)
     except (pytest.UsageError, SpecError):  # said when the cases are collected
         return {}
 
@@ -246,10 +251,8 @@ def nerbench(request):
 def ner_dataset(request):
     """The dataset, validated and cached once on disk before any case (file-locked across xdist workers);
     sampled under --quick."""
-    from .data import SampleSize, sample
     from .startup import load_data
 
-    opt = request.config.getoption
     dataset = _run(request.config).dataset
     if dataset is None:  # an xdist worker: the controller has read and cached it
         try:
@@ -258,7 +261,7 @@ def ner_dataset(request):
             raise pytest.UsageError(str(err)) from None
     if isinstance(dataset, str):  # unavailable, and --skip-unavailable
         pytest.skip(UNAVAILABLE + dataset)
-    return sample(dataset, SampleSize()) if opt("--quick") else dataset
+    return _session(request.config).case_dataset(dataset)
 
 
 # ---------------------------------------------------------------- live progress

@@ -54,28 +54,54 @@ class Session:
         self.running: str | None = None  # the case being trained now
 
     def expected_seconds(self, cases: list[tuple[str, ModelSpec]], prefer_device: str | None,
-                         use_records: bool = True) -> dict[str, float]:
+                         use_records: bool = True, dataset: NerDataset | None = None) -> dict[str, float]:
         """Each case's expected seconds, by its id (scheduling.py): from the results folder's records where
-        ``use_records``, else estimated from the cases' sizes and epochs alone."""
+        ``use_records``, else estimated from the cases' sizes and epochs alone. Given the ``dataset`` the cases run
+        on (``case_dataset``), a case whose stored record :meth:`run` will reuse is expected to take no time: the
+        order and the split over workers are those of the work left, not of the whole suite."""
         from .scheduling import expected_durations
 
         specs = {spec.name: spec.for_run(self.options.quick, **self.options.overrides) for _, spec in cases}
         records = self.store.records() if use_records else []
         expected = expected_durations(list(specs.values()), records, self.options.mode, self.options.synthetic,
                                       prefer_device)
-        return {case_id: expected[spec.name].seconds for case_id, spec in cases}
+        done = self._will_reuse(cases, dataset) if use_records and dataset is not None else set()
+        return {case_id: 0.0 if case_id in done else expected[spec.name].seconds for case_id, spec in cases}
+
+    def case_dataset(self, loaded: NerDataset) -> NerDataset:
+        """The dataset the cases train on, from the one read from disk: its fixed sample under --quick. Its
+        fingerprint is part of each run key, so the reuse of a record can be told only with this one."""
+        from .data import SampleSize, sample
+
+        return sample(loaded, SampleSize()) if self.options.quick else loaded
+
+    def _will_reuse(self, cases: list[tuple[str, ModelSpec]], dataset: NerDataset) -> set[str]:
+        """The ids of the cases that :meth:`run` would answer from a stored record now, without training."""
+        return {case_id for case_id, spec in cases if self.reusable(self.run_key(spec, dataset), spec.name)}
+
+    def run_key(self, spec: ModelSpec, dataset: NerDataset) -> str:
+        """A case's run key in this run (its spec as it runs: quick schedule and overrides applied)."""
+        from .runner import effective_spec, key_for
+
+        return key_for(effective_spec(spec, self.options), dataset, self.options)
+
+    def reusable(self, key: str, case: str) -> RunRecord | None:
+        """The stored record a case of this run key is answered from instead of being trained (the newest finished
+        one); None where it trains: none stored, or --rerun. The one place that decides reuse, for :meth:`run` and
+        for the expected times alike."""
+        return None if self.rerun else self.store.find(key, case)
 
     def run(self, spec: ModelSpec, dataset: NerDataset) -> Outcome:
         """Run one case (its spec seeded), or reuse its stored record; a failure is recorded before it is raised."""
         from .backends.base import ModelUnavailable
-        from .runner import effective_spec, floor_of, judge, key_for, new_record, release_memory, run_case, work_dir
+        from .runner import effective_spec, floor_of, judge, new_record, release_memory, run_case, work_dir
 
         run_spec = effective_spec(spec, self.options)
-        key = key_for(run_spec, dataset, self.options)
+        key = self.run_key(spec, dataset)
         # one process at a time per run key, wherever it runs on this results folder: a second one waits, then finds
         # the first one's record
         with self.case_lock(key, f"{spec.name} (seed {run_spec.train.seed})"):
-            stored = None if self.rerun else self.store.find(key, spec.name)
+            stored = self.reusable(key, spec.name)
             if stored is not None:  # judged against the floor the spec has now, not the one it had then
                 stored.floor, stored.floor_note = floor_of(run_spec, dataset, self.options)
                 stored.reused = True

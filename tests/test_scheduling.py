@@ -1,5 +1,6 @@
 """Scheduling by expected durations (issue 20): each case's expected time from its earlier records (or its size), the
 longest-first split over xdist workers and --shard hosts, and the xdist scheduler that hands the split out."""
+import json
 import random
 import re
 import shutil
@@ -10,10 +11,11 @@ import pytest
 from nerbench_core.reporting.records import RunRecord
 from nerbench_core.reporting.store import ResultStore
 from nerbench_core.scheduling import (CPU, DEFAULT_SECONDS_PER_UNIT, ESTIMATED, MEASURED, expected_durations,
-                                      lpt_partition, work_units, worth_taking)
+                                      longest_first, lpt_partition, work_units, worth_taking)
 from nerbench_core.specs import ModelSpec, TrainConfig
 from nerbench_core.xdist_scheduler import ExpectedTimeScheduling
 
+from .helpers import make_conll_dir
 from .test_bench_plugin import TRAIN, bench, run, suite  # noqa: F401 (bench: fixture)
 
 # The seed suite's case times on one GPU (seconds; docs/PERFORMANCE.md 2.2), longest first
@@ -276,6 +278,62 @@ def test_a_crashed_workers_cases_go_to_the_worker_that_replaces_it():
     assert names(gw2.sent, order) == ["qwen1.5-4b", "qwen1.5-1.8b", "bert-base-cased"] and not sched.pending
 
 
+# ---------------------------------------------------------------- cases already done: the work left
+
+
+def session_with_one_case_done(tmp_path, monkeypatch, rerun=False):
+    """A session over the seed suite whose results folder holds each case's time from an earlier run (other run keys),
+    and a record of this very run of the 14B (its run key): that one is reused, not trained. Training fails the test."""
+    from nerbench_core import runner
+    from nerbench_core.data import load_conll_dir
+    from nerbench_core.options import RunOptions
+    from nerbench_core.session import Session
+
+    dataset = load_conll_dir(make_conll_dir(tmp_path / "data"))
+    options = RunOptions(cache_dir=tmp_path / "cache")
+    cases = [(name, spec(name, name)) for name in SEED]
+    store = ResultStore(tmp_path / "results")
+    for name, seconds in SEED.items():
+        store.write(earlier(name, seconds))
+    done = dict(cases)["qwen1.5-14b"]
+    store.write(earlier("qwen1.5-14b", 234.0, created="2026-12-02T10:00:00+00:00",
+                        key=runner.key_for(runner.effective_spec(done, options), dataset, options)))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a case whose record was to be reused")
+
+    monkeypatch.setattr(runner, "run_case", no_training)
+    return Session(options, tmp_path / "results", rerun=rerun), cases, dataset
+
+
+def test_a_case_whose_record_will_be_reused_is_expected_to_take_no_time(tmp_path, monkeypatch):
+    session, cases, dataset = session_with_one_case_done(tmp_path, monkeypatch)
+    expected = session.expected_seconds(cases, CPU, dataset=dataset)
+    assert expected == {**SEED, "qwen1.5-14b": 0.0}
+    # what was expected to take no time is what the session reuses
+    assert session.run(dict(cases)["qwen1.5-14b"], dataset).reused
+    # the 14B goes last, and the split over two workers is of the work left: 150 s against 162 s, where the whole
+    # suite's split would give one worker the 14B and the 0.5B (274 s) for only 38 s of work left
+    jobs = longest_first(list(expected.items()))
+    assert [name for name, _ in jobs][-1] == "qwen1.5-14b"
+    assert lpt_partition(jobs, 2) == [["qwen1.5-7b", "qwen1.5-0.5b", "qwen1.5-14b"],
+                                      ["qwen1.5-4b", "qwen1.5-1.8b", "bert-base-cased"]]
+    sched, (gw0, gw1), _, order = scheduler(dict(jobs), 2)
+    assert names(gw0.sent, order) == ["qwen1.5-7b", "qwen1.5-0.5b", "qwen1.5-14b"]
+    assert names(gw1.sent, order) == ["qwen1.5-4b", "qwen1.5-1.8b", "bert-base-cased"]
+
+
+def test_rerun_and_shards_count_a_stored_case_at_its_full_time(tmp_path, monkeypatch):
+    session, cases, dataset = session_with_one_case_done(tmp_path, monkeypatch, rerun=True)
+    # --rerun trains it again: its time is its record's
+    assert session.expected_seconds(cases, CPU, dataset=dataset)["qwen1.5-14b"] == 234.0
+    session, cases, dataset = session_with_one_case_done(tmp_path / "again", monkeypatch)
+    # --shard reads no records, which hosts may not share: what a host has done changes no split
+    assert (session.expected_seconds(cases, None, use_records=False, dataset=dataset)
+            == session.expected_seconds(cases, None, use_records=False))
+    assert session.expected_seconds(cases, None, use_records=False, dataset=dataset)["qwen1.5-14b"] > 0
+
+
 # ---------------------------------------------------------------- through pytest: order, --shard, -n 2
 
 
@@ -366,3 +424,24 @@ def test_a_dist_given_keeps_xdists_scheduler(bench):
     result = run(pytester, data, s, "--quick", "-n", "2", "-v", "--dist", "load", "--set", "max_steps=1")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["scheduling tests via LoadScheduling"])
+
+
+def test_cases_done_in_an_earlier_run_go_last_unless_rerun_and_split_no_shard(bench):
+    pytester, data, model = bench
+    times = {"tiny-done": 500.0, "tiny-a": 60.0, "tiny-b": 50.0}
+    s = suite(pytester, "".join(f'[[model]]\nname = "{n}"\nmodel = "{model}"\ntrain = {TRAIN}\n\n'
+                                for n in times).replace("epochs = 2", "epochs = 1"))
+    run(pytester, data, s, "--quick", "-k", "tiny-done").assert_outcomes(passed=1)
+    # it took long (as a large model would), and the others have only records of other run keys
+    (path,) = (pytester.path / "results").glob("tiny-done-quick-*.json")
+    record = json.loads(path.read_text())
+    record["cost"]["case_seconds"] = times["tiny-done"]
+    path.write_text(json.dumps(record))
+    write_earlier(pytester.path / "results", {n: t for n, t in times.items() if n != "tiny-done"})
+    # reused from its record: it takes no time, whatever it took then
+    assert collected(run(pytester, data, s, "--quick", "--collect-only", "-q")) == ["tiny-a", "tiny-b", "tiny-done"]
+    assert collected(run(pytester, data, s, "--quick", "--collect-only", "-q", "--rerun")) == [
+        "tiny-done", "tiny-a", "tiny-b"]
+    # shards by the estimates alone (the three the same size: in their given order), as on a host without records
+    assert collected(run(pytester, data, s, "--quick", "--collect-only", "-q", "--shard", "1/2")) == [
+        "tiny-done", "tiny-b"]
