@@ -110,6 +110,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         predictions = {"test": task.saved(test, "test"), "dev": task.saved(dev_predictions, "dev")}
         return CaseResult(judge(record), predictions)
     finally:
+        accel_plan.restore()
         release(built)
 
 

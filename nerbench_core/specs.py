@@ -64,6 +64,13 @@ class TrainConfig:
     # LoRA projections as one autograd function each (accel/lora_kernels.py) instead of peft's chain of modules:
     # the same arithmetic with far less host work a step, which bounds the decoders' steps on a GPU (docs/PERFORMANCE.md).
     fused_lora: bool = True
+    # With fused_lora, on CUDA: the LoRA input gradient's product with the dropout mask added into the gradient by one
+    # Triton kernel (accel/triton_kernels.py), where torch ran a matmul and two elementwise passes.
+    fused_lora_backward: bool = True
+    # Rotary position embeddings of q and k as one Triton kernel each, forward and backward (accel/rope.py), where
+    # the model's modeling module has the standard rotation (Qwen2, Llama, ...) and on CUDA; transformers' own
+    # elementwise chain elsewhere.
+    fused_rope: bool = True
     # With fused_lora: the frozen 4-bit weights also kept dequantized in the compute dtype, so that no step
     # dequantizes them (16% of a Qwen1.5-7B step's GPU time). The same arithmetic, at the memory of a 16-bit copy of
     # the weights; "auto": where that fits beside the step's activations without gradient checkpointing (an 80 GB

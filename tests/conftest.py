@@ -19,3 +19,14 @@ def model_modules_imported_once():
 def qwen_dir(tmp_path_factory):
     """A tiny Qwen2 token classifier (3 layers) with a byte-level BPE tokenizer, saved in a folder."""
     return tiny_qwen2(tmp_path_factory.mktemp("qwen2"), layers=3)
+
+
+@pytest.fixture(autouse=True)
+def transformers_rope_restored():
+    """A test that applies a case's levers on a GPU swaps the rotary embedding in the model's modeling module for the
+    whole process (accel/rope.py; the runner undoes it when a case ends, a test does not): each test starts from
+    transformers' own function."""
+    yield
+    from nerbench_core.accel import plan
+
+    plan.restore()

@@ -74,10 +74,14 @@ def test_fused_lora_in_bf16_is_as_close_to_float32_as_peft(qwen_dir, tmp_path):
     assert error(fused_grads) <= 1.25 * error(peft_grads)
 
 
+@pytest.mark.parametrize("kernel", [False, True], ids=["torch-grad", "kernel-grad"])
 @pytest.mark.parametrize("masks", ["torch", "seeded"])
-def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_path, masks):
+def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_path, masks, kernel):
     """With dropout the mask is random: check the hand-written backward against autograd over the same mask: torch's
-    (the same generator state) or the seeded one (seeded_dropout.py, the same keys: on a GPU machine its kernel)."""
+    (the same generator state) or the seeded one (seeded_dropout.py, the same keys: on a GPU machine its kernel);
+    the input gradient through torch's operations or through the Triton kernel (fused_lora_backward, CUDA)."""
+    if kernel and not torch.cuda.is_available():
+        pytest.skip("the LoRA gradient kernel runs on CUDA")
     spec = spec_for(qwen_dir, method="lora")
     layer = lora_kernels.lora_linears(build(spec, ["O"], tmp_path).model)[0]
     base, name = layer.get_base_layer().float(), layer.active_adapters[0]
@@ -90,7 +94,8 @@ def test_fused_lora_with_dropout_has_the_gradients_of_its_mask(qwen_dir, tmp_pat
     keys = (seed.value, 3) if masks == "seeded" else ()
 
     torch.manual_seed(7)
-    fused = lora_kernels.LoraProjection.apply(x, a, b, lora_kernels.FrozenWeight(base), s, p, torch.float32, *keys)
+    fused = lora_kernels.LoraProjection.apply(x, a, b, lora_kernels.FrozenWeight(base), s, p, torch.float32,
+                                              *(keys or (None, 0)), kernel)
     grads = torch.autograd.grad(fused.square().sum(), (x, a, b))
 
     if keys:

@@ -103,6 +103,9 @@ def keep_weights(setting: bool | str, bases: list[nn.Module], dtype: torch.dtype
     return room is not None and need <= room
 
 
+_NONE = (None,) * 7  # no gradients for LoraProjection's other arguments (frozen weight, scaling, ...)
+
+
 class LoraProjection(torch.autograd.Function):
     """``y = x W^T + b + s * dropout(x) A^T B^T`` with W (and b) frozen; gradients for x, A and B.
 
@@ -112,7 +115,7 @@ class LoraProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lora_a, lora_b, frozen: FrozenWeight, scaling: float, dropout: float, dtype: torch.dtype,
-                seed: torch.Tensor | None = None, salt: int = 0):
+                seed: torch.Tensor | None = None, salt: int = 0, kernel_grad: bool = False):
         x = x.to(dtype)
         a, b = lora_a.to(dtype), lora_b.to(dtype)
         out = F.linear(x, frozen.weight(dtype), frozen.bias(dtype))
@@ -127,7 +130,7 @@ class LoraProjection(torch.autograd.Function):
         flat = out.view(-1, out.shape[-1])
         flat.addmm_(down.view(-1, down.shape[-1]), b.t(), alpha=scaling)
         ctx.save_for_backward(dropped, down, a, b, mask)
-        ctx.frozen, ctx.scaling, ctx.dropout, ctx.dtype = frozen, scaling, dropout, dtype
+        ctx.frozen, ctx.scaling, ctx.dropout, ctx.dtype, ctx.kernel_grad = frozen, scaling, dropout, dtype, kernel_grad
         ctx.dtypes = (lora_a.dtype, lora_b.dtype)
         return out
 
@@ -141,15 +144,21 @@ class LoraProjection(torch.autograd.Function):
         grad_b = torch.mm(g.t(), down2).mul_(s).to(ctx.dtypes[1])  # (out, r)
         grad_a = torch.mm(grad_down.t(), dropped.reshape(-1, dropped.shape[-1])).to(ctx.dtypes[0])  # (r, in)
         if not ctx.needs_input_grad[0]:  # the first layer's input (frozen embeddings)
-            return None, grad_a, grad_b, None, None, None, None, None, None
+            return None, grad_a, grad_b, *_NONE
         grad_x = torch.mm(g, ctx.frozen.weight(ctx.dtype))  # (N, in)
-        if ctx.seeded:
-            grad_x.add_(seeded_dropout(torch.mm(grad_down, a), ctx.dropout, *ctx.seeded))
-        elif mask is None:
+        if not ctx.dropout:
             grad_x.addmm_(grad_down, a)
+        elif ctx.kernel_grad and grad_x.is_cuda:  # product, mask and add in one pass over grad_x (fused_lora_backward)
+            from . import triton_kernels
+
+            seed, salt = ctx.seeded or (None, 0)
+            triton_kernels.masked_lora_grad_(grad_x, grad_down, a, ctx.dropout, seed=seed, salt=salt, salts=MAX_SALTS,
+                                             mask=None if mask is None else mask.reshape(grad_x.shape))
+        elif ctx.seeded:
+            grad_x.add_(seeded_dropout(torch.mm(grad_down, a), ctx.dropout, *ctx.seeded))
         else:
             grad_x.add_(torch.mm(grad_down, a).mul_(mask.reshape(grad_x.shape)), alpha=1.0 / (1.0 - ctx.dropout))
-        return grad_x.view(*grad.shape[:-1], grad_x.shape[-1]), grad_a, grad_b, None, None, None, None, None, None
+        return grad_x.view(*grad.shape[:-1], grad_x.shape[-1]), grad_a, grad_b, *_NONE
 
 
 def compute_dtype_for(x: torch.Tensor) -> torch.dtype:
@@ -202,7 +211,8 @@ def fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
     seed, salt = self.nerbench_dropout_seed or (None, 0)
     return LoraProjection.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.nerbench_frozen,
-                                self.scaling[name], p, compute_dtype_for(x), seed.value if seed else None, salt)
+                                self.scaling[name], p, compute_dtype_for(x), seed.value if seed else None, salt,
+                                self.nerbench_kernel_grad)
 
 
 def lora_linears(model: nn.Module) -> list[nn.Module]:
@@ -220,11 +230,13 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
 
 
 def install(model: nn.Module, keep_weight: torch.dtype | None = None, keep_block_scales: bool = True,
-            dropout_seed: DropoutSeed | None = None) -> int:
+            dropout_seed: DropoutSeed | None = None, kernel_grad: bool = False) -> int:
     """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many. With
     ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`); else, with
     ``keep_block_scales``, their block scales are (accel.plan decides both). With ``dropout_seed``, their dropout
-    masks are keyed by that step seed and the projection's number (seeded_dropout.py)."""
+    masks are keyed by that step seed and the projection's number (seeded_dropout.py). With ``kernel_grad`` (CUDA),
+    the input gradient's LoRA product goes through the dropout mask and into the gradient in one Triton kernel
+    (triton_kernels.masked_lora_grad_) instead of a matmul and two elementwise passes."""
     layers = fused_layers(model)
     keep = keep_weight is None and keep_block_scales
     if dropout_seed is not None and len(layers) > MAX_SALTS:
@@ -232,6 +244,7 @@ def install(model: nn.Module, keep_weight: torch.dtype | None = None, keep_block
     for salt, layer in enumerate(layers):
         layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep, keep_weight)
         layer.nerbench_dropout_seed = (dropout_seed, salt) if dropout_seed is not None else None
+        layer.nerbench_kernel_grad = kernel_grad
         layer.forward = types.MethodType(fused_forward, layer)
     return len(layers)
 

@@ -13,12 +13,13 @@ on.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass
 
 import torch
 
 from ..precision import compute_dtype, dtype_name
-from . import compiling, cuda_graphs, graphed_generation, liger, lora_kernels, memory, seeded_dropout
+from . import compiling, cuda_graphs, graphed_generation, liger, lora_kernels, memory, rope, seeded_dropout
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class AccelPlan:
     liger: Lever  # liger-kernel's fused RMSNorm and SwiGLU (the Trainer applies it)
     torch_compile: Lever  # regional torch.compile of the repeated layers
     fused_lora: Lever  # each LoRA projection as one autograd function
+    fused_lora_backward: Lever  # its input gradient through the dropout mask in one Triton kernel
+    fused_rope: Lever  # q and k's rotary embedding in one Triton kernel each
     keep_dequantized: Lever  # the frozen 4-bit weights dequantized once and kept
     block_scales: Lever  # or only their block scales (double quantization), where the weights are not kept
     gradient_checkpointing: Lever
@@ -65,7 +68,9 @@ def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
     fused = case.fused_lora()
     keep = case.keep_dequantized(fused)
     checkpointing = case.gradient_checkpointing(keep)
-    return AccelPlan(liger=case.liger(), torch_compile=case.torch_compile(), fused_lora=fused, keep_dequantized=keep,
+    return AccelPlan(liger=case.liger(), torch_compile=case.torch_compile(), fused_lora=fused,
+                     fused_lora_backward=case.fused_lora_backward(fused), fused_rope=case.fused_rope(),
+                     keep_dequantized=keep,
                      block_scales=case.block_scales(fused, keep), gradient_checkpointing=checkpointing,
                      cuda_graphs=case.cuda_graphs(checkpointing, fused), sdpa_without_cudnn=case.sdpa(),
                      graphed_generation=case.graphed_generation(), free_bytes=case.free)
@@ -119,6 +124,28 @@ class _Case:
         if why is None and not self.layers:
             why = "no LoRA projections"
         return Lever(why is None, why or "asked for", f"{len(self.layers)} projections" if why is None else "")
+
+    def triton_off(self, asked: bool) -> str | None:
+        """Why one of nerbench's Triton kernels is off before its own conditions are looked at, or None."""
+        why = self.not_ours(asked) or ("no CUDA" if not self.cuda else None) or (
+            "torch.compile fuses instead" if self.t.torch_compile else None)
+        if why is None and importlib.util.find_spec("triton") is None:
+            why = "Triton not installed"
+        return why
+
+    def fused_lora_backward(self, fused: Lever) -> Lever:
+        why = self.triton_off(self.t.fused_lora_backward) or ("needs fused LoRA" if not fused.on else None) or (
+            "no LoRA dropout" if not self.spec.lora or not self.spec.lora.dropout else None)
+        if why is None:
+            from .triton_kernels import MAX_RANK  # (imports Triton: only where it is installed)
+
+            if self.spec.lora.r > MAX_RANK:
+                why = f"LoRA rank over {MAX_RANK}"
+        return Lever(why is None, why or "asked for")
+
+    def fused_rope(self) -> Lever:
+        why = self.triton_off(self.t.fused_rope) or rope.unsupported(self.base)
+        return Lever(why is None, why or "asked for")
 
     def room(self) -> int | None:
         """The memory left beside a step's activations without checkpointing (None where it cannot be known)."""
@@ -202,8 +229,17 @@ def apply(accel: AccelPlan, spec, built) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
     if accel.torch_compile.on:
         compiling.compile_layers(built.transformers_model)
+    restore()  # whatever an earlier case of this process left
+    if accel.fused_rope.on:
+        rope.install(built.transformers_model)
     if accel.fused_lora.on:
         keep = compute_dtype(spec) if accel.keep_dequantized.on else None
         seed = seeded_dropout.DropoutSeed(next(built.model.parameters()).device) if accel.seeded_dropout else None
-        lora_kernels.install(built.model, keep, accel.block_scales.on, seed)
+        lora_kernels.install(built.model, keep, accel.block_scales.on, seed, accel.fused_lora_backward.on)
         built.model.nerbench_dropout_seed = seed  # drawn at the start of every graphed step (cuda_graphs.py)
+
+
+def restore() -> None:
+    """Undo what :func:`apply` changed for the whole process rather than the model (the rotary embedding's swap in
+    the model's modeling module): before a case's levers are applied, and when the case ends."""
+    rope.restore_all()

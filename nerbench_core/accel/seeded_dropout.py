@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd  # every dropout module's base (Dropout, Dropout1d-3d, AlphaDropout)
 
-_BLOCK = 1024
 MAX_SALTS = 4096  # projections a model may have: the generator's key is seed * MAX_SALTS + salt
 
 
@@ -41,7 +40,9 @@ def seeded_dropout(x: torch.Tensor, p: float, seed: torch.Tensor, salt: int) -> 
     with the same keys and shape. ``seed``: a 1-element int64 tensor on ``x``'s device (read there, not on the host,
     so that it can change between replays of a graph)."""
     if x.is_cuda:
-        return _triton_dropout(x, p, seed, salt)
+        from . import triton_kernels
+
+        return triton_kernels.keyed_dropout(x, p, seed, salt, MAX_SALTS)
     return x * reference_mask(x.shape, p, seed, salt, x.device).to(x.dtype) * (1.0 / (1.0 - p))
 
 
@@ -50,43 +51,6 @@ def reference_mask(shape, p: float, seed: torch.Tensor, salt: int, device) -> to
     the same function of the keys on one device, which is what recomputation needs."""
     generator = torch.Generator(device="cpu").manual_seed(int(seed.item()) * MAX_SALTS + salt)
     return (torch.rand(shape, generator=generator) >= p).to(device)
-
-
-def _triton_dropout(x: torch.Tensor, p: float, seed: torch.Tensor, salt: int) -> torch.Tensor:
-    x = x.contiguous()
-    n = x.numel()
-    if n >= 2 ** 31:
-        raise ValueError(f"seeded dropout: {n} elements, over the int32 offsets of its kernel")
-    out = torch.empty_like(x)
-    _kernel()[(triton_cdiv(n, _BLOCK),)](x, out, n, seed, salt, p, 1.0 / (1.0 - p), BLOCK=_BLOCK,
-                                          SALTS=MAX_SALTS)
-    return out
-
-
-def triton_cdiv(n: int, block: int) -> int:
-    return -(-n // block)
-
-
-_compiled = None
-
-
-def _kernel():
-    """The Triton kernel, defined on first use: Triton is imported only where a GPU runs this."""
-    global _compiled
-    if _compiled is None:
-        import triton
-        import triton.language as tl
-
-        @triton.jit
-        def dropout_kernel(x_ptr, out_ptr, n, seed_ptr, salt, p, scale, BLOCK: tl.constexpr, SALTS: tl.constexpr):
-            offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-            inside = offsets < n
-            x = tl.load(x_ptr + offsets, mask=inside)
-            keep = tl.rand(tl.load(seed_ptr) * SALTS + salt, offsets) >= p
-            tl.store(out_ptr + offsets, tl.where(keep, x * scale, 0.0).to(x.dtype), mask=inside)
-
-        _compiled = dropout_kernel
-    return _compiled
 
 
 def other_dropout(layers: list[nn.Module], config) -> str | None:

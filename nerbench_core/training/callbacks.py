@@ -221,7 +221,7 @@ class ProfileSteps(TrainerCallback):
             sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
             table = self.profiler.key_averages()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(f"steps {self.first}-{self.last}\n" + table.table(sort_by=sort, row_limit=40)
+            self.path.write_text(f"steps {self.first}-{self.last}\n" + table.table(sort_by=sort, row_limit=120)
                                  + "\nby the host's own time\n" + table.table(sort_by="self_cpu_time_total", row_limit=40))
             text = io.StringIO()
             stats = pstats.Stats(self.python, stream=text)
