@@ -1,8 +1,24 @@
+import importlib.util
+import os
+
 import pytest
 
 from .helpers import tiny_qwen2
 
 pytest_plugins = ["pytester"]
+
+
+def interpret_triton_on_a_cpu_build() -> None:
+    """Where torch is a CPU build and triton is installed (CI installs it), nerbench's Triton kernels are tested
+    through Triton's interpreter (tests/test_triton_kernels.py). Triton reads the switch when it is first imported
+    (transformers imports it), so it is set here, before any test module is."""
+    import torch  # (imports no triton, starts no CUDA)
+
+    if torch.version.cuda is None and torch.version.hip is None and importlib.util.find_spec("triton"):
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+interpret_triton_on_a_cpu_build()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,8 +2,9 @@
 LoRA input gradient through the dropout mask (fused_lora_backward) and the rotary embedding (fused_rope, accel/rope.py);
 the plan's decisions; and a training step with both levers gives the step without them.
 
-The kernels run on a GPU, or on a CPU through Triton's interpreter (``TRITON_INTERPRET=1`` with triton installed:
-it is not part of torch's CPU build); elsewhere those tests are skipped and the plan's and install's tests still run.
+The kernels run on a GPU, or on a CPU through Triton's interpreter where triton is installed (CUDA builds of torch
+bring it, the CPU build does not; CI installs it): tests/conftest.py turns the interpreter on there. Elsewhere those tests
+are skipped, and the plan's and install's tests still run.
 """
 import dataclasses
 import importlib.util
@@ -23,12 +24,12 @@ from .test_decoder import spec_for
 
 if torch.cuda.is_available():
     KERNEL_DEVICE = "cuda"
-elif importlib.util.find_spec("triton") and os.environ.get("TRITON_INTERPRET") == "1":
+elif importlib.util.find_spec("triton") and os.environ.get("TRITON_INTERPRET") == "1":  # (tests/conftest.py)
     KERNEL_DEVICE = "cpu"
 else:
     KERNEL_DEVICE = None
-needs_kernels = pytest.mark.skipif(KERNEL_DEVICE is None, reason="Triton kernels need CUDA (or TRITON_INTERPRET=1 "
-                                                                 "with triton installed)")
+needs_kernels = pytest.mark.skipif(KERNEL_DEVICE is None, reason="Triton kernels need CUDA, or triton installed for "
+                                                                 "its interpreter")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="a training step on the GPU")
 
 
@@ -211,6 +212,8 @@ def test_the_kernels_follow_the_spec_and_the_device(qwen_dir, tmp_path):
         False, "no LoRA dropout")
     assert levers(dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, r=256)))[1] == (
         False, "LoRA rank over 128")
+    full_fine_tune = dataclasses.replace(spec, method="full", lora=None)  # float32 weights: float32 rotary tables
+    assert levers(full_fine_tune)[0] == (False, "float32 weights, bfloat16 compute")
 
 
 @needs_cuda

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..precision import compute_dtype, dtype_name
+from ..precision import compute_dtype, dtype_name, weights_dtype
 from . import compiling, cuda_graphs, graphed_generation, liger, lora_kernels, memory, rope, seeded_dropout
 
 
@@ -144,7 +144,11 @@ class _Case:
         return Lever(why is None, why or "asked for")
 
     def fused_rope(self) -> Lever:
+        """Where q and the rotary tables share a dtype: weights kept in another dtype than the one matmuls run in (a
+        full fine-tune's float32 under bf16) give float32 tables and bf16 q, which transformers' function promotes."""
         why = self.triton_off(self.t.fused_rope) or rope.unsupported(self.base)
+        if why is None and weights_dtype(self.spec) != self.dtype:
+            why = f"{dtype_name(weights_dtype(self.spec))} weights, {dtype_name(self.dtype)} compute"
         return Lever(why is None, why or "asked for")
 
     def room(self) -> int | None:
