@@ -59,9 +59,10 @@ class Session:
         ``use_records``, else estimated from the cases' sizes and epochs alone. Given the ``dataset`` the cases run
         on (``case_dataset``), a case whose stored record :meth:`run` will reuse is expected to take no time: the
         order and the split over workers are those of the work left, not of the whole suite."""
+        from .runner import effective_spec
         from .scheduling import expected_durations
 
-        specs = {spec.name: spec.for_run(self.options.quick, **self.options.overrides) for _, spec in cases}
+        specs = {spec.name: effective_spec(spec, self.options) for _, spec in cases}
         records = self.store.records() if use_records else []
         expected = expected_durations(list(specs.values()), records, self.options.mode, self.options.synthetic,
                                       prefer_device)

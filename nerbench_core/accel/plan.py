@@ -97,11 +97,7 @@ class _Case:
 
     def liger(self) -> Lever:
         """CUDA, liger-kernel installed and knowing the model type; compiled layers get inductor's fusions instead."""
-        why = self.not_ours(self.t.fused_kernels)
-        if why is None and not self.cuda:
-            why = "no CUDA"
-        if why is None and self.t.torch_compile:
-            why = "torch.compile fuses instead"
+        why = self.fused_kernels_off(self.t.fused_kernels)
         if why is None:
             known = liger.model_type_known(self.base.config.model_type)
             why = "liger-kernel not installed" if known is None else None if known else (
@@ -125,10 +121,15 @@ class _Case:
             why = "no LoRA projections"
         return Lever(why is None, why or "asked for", f"{len(self.layers)} projections" if why is None else "")
 
+    def fused_kernels_off(self, asked: bool) -> str | None:
+        """Why a lever of fused GPU kernels (liger's, nerbench's Triton kernels) is off before its own conditions are
+        looked at, or None."""
+        return self.not_ours(asked) or ("no CUDA" if not self.cuda else None) or (
+            "torch.compile fuses instead" if self.t.torch_compile else None)
+
     def triton_off(self, asked: bool) -> str | None:
         """Why one of nerbench's Triton kernels is off before its own conditions are looked at, or None."""
-        why = self.not_ours(asked) or ("no CUDA" if not self.cuda else None) or (
-            "torch.compile fuses instead" if self.t.torch_compile else None)
+        why = self.fused_kernels_off(asked)
         if why is None and importlib.util.find_spec("triton") is None:
             why = "Triton not installed"
         return why

@@ -122,13 +122,11 @@ def _dispatch(own):
 
 
 def _fits(q, k, cos, sin) -> bool:
-    """CUDA tensors of one dtype (transformers' function would promote mixed ones) in the shapes the attention modules
-    pass: q, k (batch, heads, positions, head_dim), cos and sin (batch or 1, positions, head_dim) without gradients,
-    an even head_dim."""
-    return (q.is_cuda and q.dim() == k.dim() == 4 and cos.dim() == sin.dim() == 3 and q.shape[-1] % 2 == 0
-            and q.dtype == k.dtype == cos.dtype == sin.dtype
-            and q.shape[-1] == k.shape[-1] == cos.shape[-1] and cos.shape == sin.shape
-            and cos.shape[0] in (1, q.shape[0]) and q.shape[0] == k.shape[0]
-            and q.shape[2] == k.shape[2] == cos.shape[1]
-            and q.stride(-1) == k.stride(-1) == 1 and cos.stride() == sin.stride() and cos.stride(-1) == 1
-            and not cos.requires_grad and not sin.requires_grad)
+    """CUDA tensors of one dtype (transformers' function would promote mixed ones), cos and sin without gradients,
+    q and k of one batch, each in a shape and layout the kernel takes (triton_kernels.rotary_mismatch)."""
+    if not (q.is_cuda and q.dtype == k.dtype == cos.dtype == sin.dtype and not cos.requires_grad
+            and not sin.requires_grad and q.dim() == k.dim() == 4 and q.shape[0] == k.shape[0]):
+        return False
+    from .triton_kernels import rotary_mismatch  # (CUDA: Triton is there wherever the plan installed the kernel)
+
+    return rotary_mismatch(q, cos, sin) is None and rotary_mismatch(k, cos, sin) is None

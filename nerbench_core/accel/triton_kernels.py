@@ -130,16 +130,24 @@ def _rope_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, T, H, stride_xb, stride_xh, s
     tl.store(out_at + HALF, o2.to(x1.dtype), mask=inside)
 
 
+def rotary_mismatch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> str | None:
+    """Why :func:`rotary` cannot take these tensors, or None."""
+    if (x.dim() != 4 or cos.dim() != 3 or x.shape[-1] % 2 or cos.shape != sin.shape
+            or cos.shape[0] not in (1, x.shape[0]) or cos.shape[1:] != x.shape[2:]):
+        return (f"x (batch, heads, positions, an even head_dim), cos and sin (batch or 1, positions, head_dim); got "
+                f"{tuple(x.shape)}, {tuple(cos.shape)}, {tuple(sin.shape)}")
+    if x.stride(3) != 1 or cos.stride(2) != 1 or cos.stride() != sin.stride():
+        return "head_dim must be the unit stride of x, cos and sin, and cos and sin of one layout"
+    return None
+
+
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool = False) -> torch.Tensor:
     """The rotation of ``x`` (batch, heads, positions, head_dim; any strides, the last unit) by ``cos`` and
     ``sin`` (batch or 1, positions, head_dim), into a new tensor of ``x``'s layout; ``backward``: the transposed
     rotation, the gradient of ``x`` from the output's."""
+    if why := rotary_mismatch(x, cos, sin):
+        raise ValueError(f"rotary: {why}")
     bsz, heads, positions, dim = x.shape
-    if dim % 2 or cos.shape != sin.shape or cos.shape[0] not in (1, bsz) or cos.shape[1:] != (positions, dim):
-        raise ValueError(f"rotary: x (batch, heads, positions, an even head_dim), cos and sin (batch or 1, positions, "
-                         f"head_dim); got {tuple(x.shape)}, {tuple(cos.shape)}, {tuple(sin.shape)}")
-    if x.stride(3) != 1 or cos.stride(2) != 1 or cos.stride() != sin.stride():
-        raise ValueError("rotary: head_dim must be the unit stride of x, cos and sin, and cos and sin of one layout")
     out = torch.empty_like(x)  # keeps x's layout (positions before heads, as the projections wrote them)
     cos_b = cos.stride(0) if cos.shape[0] > 1 else 0
     half = dim // 2
