@@ -8,6 +8,7 @@ GPU's dense bf16 peak from :data:`GPU_PEAK_BF16_TFLOPS` (override with ``--gpu-p
 """
 from __future__ import annotations
 
+import gc
 import resource
 import sys
 
@@ -55,17 +56,31 @@ def gpu_peak_flops(name: str | None, override_tflops: float | None = None) -> fl
     return None
 
 
-def reset_peak_memory() -> None:
+def reset_peak_memory() -> float | None:
     """Start a case's peaks: the GPU's, and on Linux the process's resident high-water mark (writing 5 to
-    /proc/self/clear_refs resets VmHWM), so that a case does not report an earlier, larger case's peak."""
+    /proc/self/clear_refs resets VmHWM), so that a case does not report an earlier, larger case's peak.
+
+    What an earlier case left is let go first: its model where reference cycles (modules and their hooks) would keep
+    it until the collector runs, perhaps in the middle of this case; and cuBLAS's workspaces, which it allocates per
+    stream (32 MiB blocks on an H200) and keeps, so that each case's side stream for CUDA graphs added its own for the
+    rest of the process. Returns the GiB of GPU memory still allocated then (None without CUDA), which this case's peak
+    includes."""
+    gc.collect()
+    held = None
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # torch's own, private
+        if clear_workspaces is not None:
+            clear_workspaces()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated() / 2**30
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         pass
+    return held
 
 
 def _peak_rss_bytes() -> int:

@@ -24,7 +24,7 @@ from .prediction.tasks import task_for
 from .reporting import environment
 from .reporting.predictions import SplitPredictions
 from .reporting.records import RunRecord, run_key
-from .scoring import score
+from .scoring import f1 as dev_f1, score
 from .specs import ModelSpec
 from .training.recipe import train
 
@@ -41,7 +41,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
     set_seed(spec.train.seed)
     memory = DeviceMemory(opts.gpu_memory_gb, opts.gpu_shared_by)
     memory.apply_cap()
-    cost.reset_peak_memory()
+    held_at_start = cost.reset_peak_memory()
     t0 = time.perf_counter()
 
     # 1. model and tokenizer, as the spec says (random weights in its exact architecture under --synthetic)
@@ -62,7 +62,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
 
         def evaluate_dev(model) -> dict:  # "predictions": kept by the dev selection for the kept epoch
             dev = task.predict(model, "dev")
-            return {**score(task.gold("dev"), dev.tags, interval=False), "predictions": dev}
+            return {"f1": dev_f1(task.gold("dev"), dev.tags), "predictions": dev}
 
         # 4. the Trainer trains; dev picks the epoch. Full-data LoRA cases checkpoint every epoch (adapter, head and
         # their optimizer state are small): a run killed in a long case continues from its last epoch. Full
@@ -90,7 +90,8 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
 
         # 6. the record
         measured = measure(built, spec, task, outcome, test, load_seconds, opts)
-        measured.update(cost.peak_memory(), resumed_from=outcome.resumed_from, gpu_memory_cap_bytes=memory.cap_bytes,
+        measured.update(cost.peak_memory(), gpu_allocated_at_start_gib=held_at_start,
+                        resumed_from=outcome.resumed_from, gpu_memory_cap_bytes=memory.cap_bytes,
                         case_seconds=time.perf_counter() - t0)  # build, encoding, training, dev and test scoring
         levers = accel.facts()
         if outcome.cuda_graphs:
@@ -101,9 +102,10 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         built.details["accel"] = levers
         best = outcome.best
         dev_predictions = outcome.best_predictions or task.predict(built.model, "dev")
+        dev_best = score(task.gold("dev"), dev_predictions.tags, interval=False)  # the kept epoch's, in full
         record = new_record(
             spec, dataset, opts, status="passed",
-            metrics={"test": test_metrics, "dev_best": best.get("metrics", {}), "best_epoch": best.get("epoch"),
+            metrics={"test": test_metrics, "dev_best": dev_best, "best_epoch": best.get("epoch"),
                      "selection": outcome.selection, "dev_history": outcome.dev_history,
                      "loss_curve": outcome.loss_curve},
             cost=measured, model=built.details)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from seqeval.metrics import classification_report
+from seqeval.metrics import classification_report, f1_score
 from seqeval.scheme import IOB2
 
 from . import stats
@@ -23,12 +23,26 @@ def _report(gold, pred, **mode) -> dict:
     return classification_report(gold, pred, output_dict=True, zero_division=0, **mode)
 
 
+def _check_shape(gold, pred) -> None:
+    if len(gold) != len(pred) or any(len(g) != len(p) for g, p in zip(gold, pred)):
+        raise ValueError("gold and predicted tag sequences differ in shape")
+
+
+def f1(gold: list[list[str]], pred: list[list[str]]) -> float | None:
+    """Micro F1 alone, as :func:`score` gives it (seqeval's default mode; None without gold entities): what choosing an
+    epoch needs, after each one. classification_report extracts the entities again for each average it gives, so this
+    takes about a tenth of score's time."""
+    _check_shape(gold, pred)
+    if not any(tag != "O" for sentence in gold for tag in sentence):  # in the default mode any tag but O begins or
+        return None  # continues an entity
+    return f1_score(gold, pred, zero_division=0)
+
+
 def score(gold: list[list[str]], pred: list[list[str]], docs: list[int] | None = None,
           interval: bool = True) -> dict:
     """Metrics of ``pred`` against ``gold`` (one tag per word, per sentence); ``docs``: each sentence's document,
-    for the interval's resampling unit; ``interval`` false: no bootstrap (dev scoring after each epoch)."""
-    if len(gold) != len(pred) or any(len(g) != len(p) for g, p in zip(gold, pred)):
-        raise ValueError("gold and predicted tag sequences differ in shape")
+    for the interval's resampling unit; ``interval`` false: no bootstrap (the kept epoch's dev metrics)."""
+    _check_shape(gold, pred)
     default = _report(gold, pred)
     strict = _report(gold, pred, mode="strict", scheme=IOB2)
     micro, smicro = default["micro avg"], strict["micro avg"]

@@ -137,6 +137,17 @@ def test_cost_table_compares_each_case_with_its_own_baseline_run():
                                                          "graphs")
 
 
+def test_the_cost_table_says_what_an_earlier_case_still_held_when_a_case_began():
+    from nerbench_core.reporting.table import cost_rows
+
+    alone, later = record("bert", key="alone"), record("bert", key="later", label="after the 14b")
+    alone.cost.update(peak_gpu_allocated_gib=3.2, peak_gpu_reserved_gib=5.2, gpu_allocated_at_start_gib=0.0)
+    later.cost.update(peak_gpu_allocated_gib=4.8, peak_gpu_reserved_gib=6.9, gpu_allocated_at_start_gib=1.8)
+    headers, rows = cost_rows([alone, later])
+    peak = headers.index("peak GiB (alloc / reserved)")
+    assert [r[peak] for r in rows] == ["3.2 / 5.2", "4.8 / 6.9 (1.8 held at start)"]
+
+
 def test_time_table_gives_each_case_its_share_of_the_suite():
     from nerbench_core.reporting.table import time_rows
 

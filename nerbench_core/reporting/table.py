@@ -290,9 +290,13 @@ def _steady_mfu(row: Row) -> str:
 
 
 def _peak(row: Row) -> str:
+    """Allocated / reserved peaks; where the case began with memory an earlier case of its process still held (which
+    its peak includes), how much."""
     c = row.first.cost
     if "peak_gpu_allocated_gib" in c:
-        return f"{c['peak_gpu_allocated_gib']:.1f} / {c['peak_gpu_reserved_gib']:.1f}"
+        held = c.get("gpu_allocated_at_start_gib") or 0.0
+        text = f"{c['peak_gpu_allocated_gib']:.1f} / {c['peak_gpu_reserved_gib']:.1f}"
+        return text + (f" ({held:.1f} held at start)" if held >= 0.05 else "")
     return memory(row)
 
 
