@@ -61,10 +61,11 @@ def reset_peak_memory() -> float | None:
     /proc/self/clear_refs resets VmHWM), so that a case does not report an earlier, larger case's peak.
 
     What an earlier case left is let go first: its model where reference cycles (modules and their hooks) would keep
-    it until the collector runs, perhaps in the middle of this case; and cuBLAS's workspaces, which it allocates per
-    stream (32 MiB blocks on an H200) and keeps, so that each case's side stream for CUDA graphs added its own for the
-    rest of the process. Returns the GiB of GPU memory still allocated then (None without CUDA), which this case's peak
-    includes."""
+    it until the collector runs, perhaps in the middle of this case; and cuBLAS's workspaces, which it allocates for
+    each stream it runs on (one for cuBLAS, one for cuBLASLt: 32 MiB each on an H200) and keeps, so that each case's
+    side stream for CUDA graphs added two for the rest of the process. Only between cases: a captured CUDA graph
+    holds its workspace's address, and no graph outlives the case that captured it. Returns the GiB of GPU memory
+    still allocated then (None without CUDA), which this case's peak includes."""
     gc.collect()
     held = None
     if torch.cuda.is_available():

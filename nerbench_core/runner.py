@@ -88,7 +88,13 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         if opts.save_models:
             save_case(built, spec, dataset.labels, opts.save_models / spec.name)
 
-        # 6. the record
+        # 6. the kept epoch's dev predictions (predicted again, with its weights, where a resumed run scored that epoch
+        # before the interruption: then F1 may differ from its dev_history entry by the kernels' nondeterminism),
+        # scored in full
+        dev_predictions = outcome.best_predictions or task.predict(built.model, "dev")
+        dev_best = score(task.gold("dev"), dev_predictions.tags, interval=False)
+
+        # 7. the record
         measured = measure(built, spec, task, outcome, test, load_seconds, opts)
         measured.update(cost.peak_memory(), gpu_allocated_at_start_gib=held_at_start,
                         resumed_from=outcome.resumed_from, gpu_memory_cap_bytes=memory.cap_bytes,
@@ -101,8 +107,6 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
             levers["graphed_generation"]["detail"] = decoder.describe()
         built.details["accel"] = levers
         best = outcome.best
-        dev_predictions = outcome.best_predictions or task.predict(built.model, "dev")
-        dev_best = score(task.gold("dev"), dev_predictions.tags, interval=False)  # the kept epoch's, in full
         record = new_record(
             spec, dataset, opts, status="passed",
             metrics={"test": test_metrics, "dev_best": dev_best, "best_epoch": best.get("epoch"),

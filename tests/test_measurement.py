@@ -21,7 +21,12 @@ def test_dev_scoring_is_timed_after_the_queued_training_steps_have_run():
     """Graph replays let the host run ahead of the GPU; at an epoch's end that queued training work must not be
     timed as dev scoring (training's time would shrink by as much and its rate grow)."""
     model = nn.Linear(2, 2).cuda()
-    selection = BestOnDev(lambda m: {"f1": 0.5}, Collator())
+
+    def evaluate(m):  # prediction waits on the GPU, as copying the predicted labels back does
+        torch.cuda.synchronize()
+        return {"f1": 0.5}
+
+    selection = BestOnDev(evaluate, Collator())
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
     start.record()

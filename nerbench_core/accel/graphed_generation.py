@@ -135,6 +135,9 @@ class GraphedGreedy:
     replays: int = 0
     failed: str | None = None  # why a capture failed: every step is eager from then on
     seconds: dict = field(default_factory=lambda: dict.fromkeys(("prompts", "first steps", "steps"), 0.0))
+    # one stream for every shape's capture: cuBLAS keeps two workspaces for each stream it has run on, so a new stream
+    # a shape would add 64 MiB a shape (up to the 32 streams torch pools) to the case's peak
+    side: object = field(default=None, repr=False)
 
     def __call__(self, model, prompts: Sequence[list[int]], bounds: Sequence[int], eos: int, pad: int
                  ) -> list[list[int]]:
@@ -254,7 +257,9 @@ class GraphedGreedy:
     def first_step(self, model, shape: Shape) -> None:
         """The shape's first step eagerly on the capture's stream (its warm-up), then recorded into its graph
         (recording runs nothing, so the step is taken once)."""
-        main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+        if self.side is None:
+            self.side = torch.cuda.Stream()
+        main, side = torch.cuda.current_stream(), self.side
         side.wait_stream(main)
         with torch.cuda.stream(side):
             shape.step(model)

@@ -66,7 +66,7 @@ class BestOnDev(TrainerCallback):
                  "seconds": time.perf_counter() - t0}
         self.history.append(entry)
         if self._better(metrics["f1"]):
-            self.best, self.best_predictions = {**entry, "metrics": metrics}, predictions
+            self.best, self.best_predictions = dict(entry), predictions
             self._best_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
         if self.report:
             self.report({"event": "dev", **entry, "best_epoch": self.best["epoch"]})
@@ -192,6 +192,7 @@ class Progress(TrainerCallback):
             self.report(self._event(state, "step"))
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        synchronize()  # the epoch's queued steps are training, not the pause
         self.report(self._event(state, "epoch"))
         self.paused_at = time.perf_counter()
 
