@@ -56,6 +56,13 @@ def gpu_peak_flops(name: str | None, override_tflops: float | None = None) -> fl
     return None
 
 
+def release_memory() -> None:
+    """Free what reference cycles still hold (a model and its hooks) and give the GPU's cached blocks back."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def reset_peak_memory() -> float | None:
     """Start a case's peaks: the GPU's, and on Linux the process's resident high-water mark (writing 5 to
     /proc/self/clear_refs resets VmHWM), so that a case does not report an earlier, larger case's peak.
@@ -66,14 +73,14 @@ def reset_peak_memory() -> float | None:
     side stream for CUDA graphs added two for the rest of the process. Only between cases: a captured CUDA graph
     holds its workspace's address, and no graph outlives the case that captured it. Returns the GiB of GPU memory
     still allocated then (None without CUDA), which this case's peak includes."""
-    gc.collect()
     held = None
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # torch's own, private
         if clear_workspaces is not None:
             clear_workspaces()
-        torch.cuda.empty_cache()
+    release_memory()
+    if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         held = torch.cuda.memory_allocated() / 2**30
     try:

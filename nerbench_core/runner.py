@@ -4,14 +4,12 @@ This is the only training path; every model, method, paradigm, attention mode an
 """
 from __future__ import annotations
 
-import gc
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from transformers import set_seed
 
 from . import cost
@@ -205,10 +203,4 @@ def measure(built: Built, spec: ModelSpec, task, outcome, test, load_seconds: fl
 def release(built) -> None:
     """Free the model before the next case (GPU memory above all)."""
     built.model = None
-    release_memory()
-
-
-def release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    cost.release_memory()

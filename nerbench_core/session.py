@@ -95,7 +95,8 @@ class Session:
     def run(self, spec: ModelSpec, dataset: NerDataset) -> Outcome:
         """Run one case (its spec seeded), or reuse its stored record; a failure is recorded before it is raised."""
         from .backends.base import ModelUnavailable
-        from .runner import effective_spec, floor_of, judge, new_record, release_memory, run_case, work_dir
+        from .cost import release_memory
+        from .runner import effective_spec, floor_of, judge, new_record, run_case, work_dir
 
         run_spec = effective_spec(spec, self.options)
         key = self.run_key(spec, dataset)
