@@ -27,7 +27,8 @@ VARIANTS = {
     "baseline": ("HF Trainer defaults: random batches of 16 sentences, padded to the longest, no fused kernels",
                  ["--backend", "hf", "--set", "group_by_length=false", "--set", "batch_size=16",
                   "--set", "max_tokens_per_batch=0", "--set", "fused_kernels=false", "--set", "fused_lora=false",
-                  "--set", "cuda_graphs=false", "--set", "fused_rope=false", "--set", "gradient_checkpointing=true"]),
+                  "--set", "cuda_graphs=false", "--set", "fused_rope=false", "--set", "packed_sequences=false",
+                  "--set", "gradient_checkpointing=true"]),
     "default": ("nerbench's default for the case (its suite spec)", ["--backend", "hf"]),
     "fast": ("the default with 4,096-token batches (the decoders' default before it was measured to cost F1)",
              ["--backend", "hf", "--set", "batch_size=4096", "--set", "max_tokens_per_batch=4096"]),
@@ -43,6 +44,8 @@ VARIANTS = {
                    ["--backend", "hf", "--set", "fused_rope=false"]),
     "torch-lora-backward": ("the default with torch's LoRA input gradient (fused_lora_backward off)",
                             ["--backend", "hf", "--set", "fused_lora_backward=false"]),
+    "padded": ("the default with padded batches (packed_sequences off)",
+               ["--backend", "hf", "--set", "packed_sequences=false"]),
     "no-liger": ("the default without liger-kernel's fused RMSNorm and SwiGLU", ["--backend", "hf", "--set", "fused_kernels=false"]),
 }
 

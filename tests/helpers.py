@@ -105,8 +105,10 @@ def tiny_qwen2(folder: Path, seed: int = 0, layers: int = 2) -> Path:
 
 def on_device_of(model, batch: dict) -> dict:
     """A CPU batch moved to where the model was built (modeling.build puts it on the GPU where there is one)."""
+    import torch
+
     device = next(model.parameters()).device
-    return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def build(spec, labels, cache_dir):

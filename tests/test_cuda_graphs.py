@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from nerbench_core.accel import cuda_graphs, lora_kernels
+from nerbench_core.accel import cuda_graphs, lora_kernels, packing
 from nerbench_core.accel.cuda_graphs import BatchShapes, bucket_length
 from nerbench_core.accel.memory import DeviceMemory
 from nerbench_core.accel.plan import plan
@@ -97,15 +97,27 @@ def batch_of(rows: int, length: int, seed: int) -> dict:
     return {"input_ids": torch.randint(1, 200, (rows, length), generator=g), "attention_mask": mask, "labels": labels}
 
 
+def packed_batch(lengths: list[int], seed: int, pad_id: int, longest: int) -> dict:
+    """Sentences of these lengths packed into one row (accel/packing.py), up to the graphs' shapes."""
+    rng = random.Random(seed)
+    rows = [{"input_ids": [rng.randrange(3, 200) for _ in range(n)], "labels": [rng.randrange(3) for _ in range(n)]}
+            for n in lengths]
+    return packing.pack(rows, pad_id, longest, BatchShapes(max_rows=4096, max_tokens=256))[0]
+
+
 @needs_cuda
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("attention", ["causal", "bidirectional"])
-def test_replayed_steps_give_the_eager_gradients(qwen_dir, tmp_path, attention):
+def test_replayed_steps_give_the_eager_gradients(qwen_dir, tmp_path, attention, packed):
     """QLoRA with the fused projections (dropout off): the first batch of each shape runs eagerly, later ones replay
-    its graph; every step's loss and gradients are those of an eager step on the same batch."""
+    its graph; every step's loss and gradients are those of an eager step on the same batch. Packed rows go through
+    the variable-length kernel, their segments' starts a graph input and their length bound recorded."""
     spec = spec_for(qwen_dir, attention=attention)
     spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
     built = build(spec, ["O", "B-PER", "I-PER"], tmp_path)
-    planned(spec, built)
+    accel = planned(spec, built)
+    if packed and not accel.packed_sequences.on:
+        pytest.skip(f"packed sequences off: {accel.packed_sequences.why}")
     model = built.model
     without_dropout(model)  # the head's dropout too: eager and replayed steps draw different masks
     torch.manual_seed(0)
@@ -126,9 +138,14 @@ def test_replayed_steps_give_the_eager_gradients(qwen_dir, tmp_path, attention):
         return loss.detach(), [p.grad.clone() for p in params]
 
     graphs = cuda_graphs.GraphedSteps(model)
-    batches = [batch_of(4, 8, 0), batch_of(2, 16, 1), batch_of(4, 8, 2), batch_of(2, 16, 3), batch_of(4, 8, 4)]
+    if packed:  # rows of 20 and 192 positions, 8 and 16 segments
+        lengths = ([5, 9, 3], [20, 30, 7, 12, 2, 25, 11, 9, 14])
+        batches = [packed_batch(lengths[i % 2], i, built.tokenizer.pad_token_id, spec.train.max_length)
+                   for i in range(5)]
+    else:
+        batches = [batch_of(4, 8, 0), batch_of(2, 16, 1), batch_of(4, 8, 2), batch_of(2, 16, 3), batch_of(4, 8, 4)]
     for i, cpu_batch in enumerate(batches):
-        batch = {k: v.cuda() for k, v in cpu_batch.items()}
+        batch = on_device_of(model, cpu_batch)
         want_loss, want_grads = eager(batch)
         for p in params:
             p.grad = None  # as the Trainer's zero_grad leaves them

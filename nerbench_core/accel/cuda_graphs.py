@@ -13,7 +13,8 @@ How:
   and carry no label. The token-budget sampler cuts batches by the same padded lengths, so a batch still holds at
   most its budget; padding is 9% of the positions on CoNLL with byte-level BPE tokens (under 1% without the ladder),
   for 15 shapes (docs/ladder_padding.py). On an H100 a 7B step ran 1.7x faster, BERT's 3.5x, the 0.5B's 2.9x
-  (docs/PERFORMANCE.md).
+  (docs/PERFORMANCE.md). Packed rows (packing.py) round their length up the same ladder and their number of
+  sentences up to a power of two (:meth:`BatchShapes.segments`).
 * The first batch of each shape trains eagerly (it is also the warm-up the capture needs); its forward and backward
   are then captured on a side stream into a graph that shares one memory pool with the others: the graphs run one
   at a time, so the memory inside a step is reused, and only each graph's inputs and loss stay apart.
@@ -63,6 +64,12 @@ class BatchShapes:
 
     def length(self, n: int) -> int:
         return bucket_length(n)
+
+    @staticmethod
+    def segments(n: int) -> int:
+        """The number of segments a packed row's starts are padded up to (accel/packing.py): a power of two, 8 at
+        least. Empty segments cost the attention kernel a block each that exits at once."""
+        return max(8, 1 << (n - 1).bit_length())
 
     def rows(self, length: int) -> int:
         return min(self.max_rows, max(1, self.max_tokens // length)) if self.max_tokens else self.max_rows
@@ -153,12 +160,14 @@ class GraphedSteps:
             loss_of = self._seeded(loss_of)
         if self.failed:
             return eager_step(loss_of, inputs)
-        key = tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items())
+        # other inputs than tensors (packed rows' length bound) are recorded into the graph as they are: its key
+        key = tuple((k, tuple(v.shape), v.dtype) if torch.is_tensor(v) else (k, v) for k, v in inputs.items())
         captured = self.graphs.get(key)
         if captured is None:
             return self._first(key, loss_of, inputs)
         for k, v in inputs.items():
-            captured.inputs[k].copy_(v, non_blocking=True)
+            if torch.is_tensor(v):
+                captured.inputs[k].copy_(v, non_blocking=True)
         captured.graph.replay()
         self.replays += 1
         return captured.loss.detach().clone()
@@ -174,7 +183,7 @@ class GraphedSteps:
         """Train on the first batch of a shape eagerly, on the stream the capture then uses (its warm-up: lazy
         initializations, Triton compilations), then record the same step into a graph: recording runs nothing,
         so the batch is trained on once."""
-        static = {k: v.clone() for k, v in inputs.items()}
+        static = {k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
         main = torch.cuda.current_stream()
         self.stream.wait_stream(main)
         with torch.cuda.stream(self.stream):

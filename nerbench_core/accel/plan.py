@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..precision import compute_dtype, dtype_name, weights_dtype
-from . import compiling, cuda_graphs, graphed_generation, liger, lora_kernels, memory, rope, seeded_dropout
+from . import compiling, cuda_graphs, graphed_generation, liger, lora_kernels, memory, packing, rope, seeded_dropout
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class AccelPlan:
     block_scales: Lever  # or only their block scales (double quantization), where the weights are not kept
     gradient_checkpointing: Lever
     cuda_graphs: Lever  # training steps replayed from CUDA graphs
+    packed_sequences: Lever  # training batches as one row of sentences, attention per sentence (no padding)
     sdpa_without_cudnn: Lever  # SDPA's shape-agnostic kernels instead of cuDNN's, which re-plans for every shape
     graphed_generation: Lever  # the generative paradigm's decoding steps replayed from CUDA graphs
     free_bytes: int | None = None  # the memory the plan was made with
@@ -57,6 +58,11 @@ class AccelPlan:
     def batch_shapes(self, spec) -> cuda_graphs.BatchShapes | None:
         return cuda_graphs.batch_shapes(spec) if self.cuda_graphs.on else None
 
+    def packed_longest(self, spec) -> int | None:
+        """The bound on a packed sentence's length (no training sentence is longer than max_length), or None where
+        batches are padded."""
+        return spec.train.max_length if self.packed_sequences.on else None
+
     def facts(self) -> dict:
         """The plan as the record keeps it: {lever: {on, why, detail}}."""
         return {k: v for k, v in asdict(self).items() if isinstance(v, dict)}
@@ -72,7 +78,8 @@ def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
                      fused_lora_backward=case.fused_lora_backward(fused), fused_rope=case.fused_rope(),
                      keep_dequantized=keep,
                      block_scales=case.block_scales(fused, keep), gradient_checkpointing=checkpointing,
-                     cuda_graphs=case.cuda_graphs(checkpointing, fused), sdpa_without_cudnn=case.sdpa(),
+                     cuda_graphs=case.cuda_graphs(checkpointing, fused), packed_sequences=case.packed_sequences(keep),
+                     sdpa_without_cudnn=case.sdpa(),
                      graphed_generation=case.graphed_generation(), free_bytes=case.free)
 
 
@@ -184,14 +191,16 @@ class _Case:
         kept = lora_kernels.keep_scales(self.bases, self.free)
         return Lever(kept, "fit in a twentieth of the free memory" if kept else "over a twentieth of the free memory")
 
+    def room_left(self, keep: Lever) -> int | None:
+        """The room beside the activations (:meth:`room`) less the weights kept dequantized, where they are."""
+        room = self.room()
+        return room - self.kept_bytes() if room is not None and keep.on else room
+
     def gradient_checkpointing(self, keep: Lever) -> Lever:
         setting = self.t.gradient_checkpointing
         if self.built.backend.own_kernels or self.base is None:  # decided when it loaded: its own, for true and auto
             return Lever(setting is not False, f"the {self.built.backend.name} backend's own")
-        room = self.room()
-        if room is not None and keep.on:
-            room -= self.kept_bytes()
-        on = memory.use_checkpointing(setting, room)
+        on = memory.use_checkpointing(setting, self.room_left(keep))
         return Lever(on, "asked for" if setting != "auto" else "activations do not fit" if on else "activations fit")
 
     def cuda_graphs(self, checkpointing: Lever, fused: Lever) -> Lever:
@@ -211,6 +220,21 @@ class _Case:
                 why = f"gradient checkpointing with {other}"
         detail = "checkpointed layers, LoRA dropout seeded by step" if why is None and checkpointing.on else ""
         return Lever(why is None, why or "asked for", detail)
+
+    def packed_sequences(self, keep: Lever) -> Lever:
+        """CUDA with torch's variable-length attention, in a 16-bit compute dtype; the head paradigm; a model whose
+        attention packing can serve (packing.unsupported); the kernel's backward buffer beside the activations and
+        the kept weights without checkpointing, so that packing never turns checkpointing on (it is decided after)."""
+        why = (self.not_ours(self.t.packed_sequences) or ("no CUDA" if not self.cuda else None)
+               or ("torch has no varlen_attn" if not packing.available() else None)
+               or (f"{dtype_name(self.dtype)} compute" if self.dtype not in packing.KERNEL_DTYPES else None)
+               or ("generative paradigm" if self.spec.paradigm == "generative" else None)
+               or packing.unsupported(self.base))
+        if why is None:
+            need, room = packing.backward_bytes(self.base.config, self.t), self.room_left(keep)
+            if room is None or need > room:
+                why = f"its backward's buffer ({need / 1e9:.1f} GB) does not fit beside the activations"
+        return Lever(why is None, why or "asked for")
 
     def graphed_generation(self) -> Lever:
         why = ("head paradigm" if self.spec.paradigm != "generative" else self.not_ours(self.t.graphed_generation)
@@ -232,6 +256,8 @@ def apply(accel: AccelPlan, spec, built) -> None:
     """Install the levers that change the model itself, as planned."""
     if accel.sdpa_without_cudnn.on:
         torch.backends.cuda.enable_cudnn_sdp(False)
+    if accel.packed_sequences.on:
+        packing.install(built.transformers_model)
     if accel.torch_compile.on:
         compiling.compile_layers(built.transformers_model)
     restore()  # whatever an earlier case of this process left

@@ -2,8 +2,9 @@
 
 Length-sorted token-budget batches (:class:`TokenBudgetBatches`) hold about the same number of tokens each, with
 little padding; where training steps are replayed from CUDA graphs, each batch is padded on to one of a few shapes
-(:class:`~nerbench_core.accel.BatchShapes`). The collator counts the real and padded positions it
-trains on, for the record's tokens per second and padding share.
+(:class:`~nerbench_core.accel.BatchShapes`). Where the plan packs them (accel/packing.py), a batch is one row of its
+sentences, no padding between them. The collator counts the real and padded positions it trains on, for the
+record's tokens per second and padding share.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable
 import torch
 from transformers import DataCollatorForTokenClassification
 
+from ..accel import packing
 from ..accel.cuda_graphs import BatchShapes
 from ..features import EncodedSplit
 from ..specs import ModelSpec
@@ -20,23 +22,27 @@ from ..specs import ModelSpec
 
 class CountingCollator:
     """Pads like DataCollatorForTokenClassification (then on to one of ``shapes``, where training batches are
-    replayed from CUDA graphs) and counts the real and padded positions it trains on."""
+    replayed from CUDA graphs), or packs the batch into one row (``packed_longest``: the longest a sentence may be,
+    where the plan packs; packing.pack), and counts the real and padded positions it trains on."""
 
-    def __init__(self, tokenizer, shapes: BatchShapes | None = None):
+    def __init__(self, tokenizer, shapes: BatchShapes | None = None, packed_longest: int | None = None):
         self.pad = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=None, return_tensors="pt")
-        self.shapes, self.pad_id = shapes, tokenizer.pad_token_id
+        self.shapes, self.pad_id, self.packed_longest = shapes, tokenizer.pad_token_id, packed_longest
         self.real_tokens = 0
         self.padded_tokens = 0
         self.counting = True
 
     def __call__(self, features: list[dict]) -> dict:
-        batch = self.pad(features)
-        real = int(batch["attention_mask"].sum())
-        if self.shapes is not None:
-            batch = self.shapes.pad(batch, self.pad_id)
+        if self.packed_longest:
+            batch, real = packing.pack(features, self.pad_id, self.packed_longest, self.shapes)
+        else:
+            batch = self.pad(features)
+            real = int(batch["attention_mask"].sum())
+            if self.shapes is not None:
+                batch = self.shapes.pad(batch, self.pad_id)
         if self.counting:
             self.real_tokens += real
-            self.padded_tokens += batch["attention_mask"].numel() - real
+            self.padded_tokens += batch["input_ids"].numel() - real
         return batch
 
     @property
@@ -112,7 +118,8 @@ class TokenBudgetBatches(torch.utils.data.Sampler):
 def token_budget_batches(spec: ModelSpec, lengths: list[int],
                          shapes: BatchShapes | None = None) -> TokenBudgetBatches | None:
     """The spec's token-budget batches over training sentences of these lengths (sub-tokens), cut by the lengths
-    they will be padded to (``shapes``, under CUDA graphs); None without a budget."""
+    they will be padded to (``shapes``, for padded batches under CUDA graphs; packed batches are cut by their real
+    lengths); None without a budget."""
     t = spec.train
     if not t.max_tokens_per_batch:
         return None

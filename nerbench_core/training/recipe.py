@@ -47,11 +47,12 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     if accel.seeded_dropout and seed is None:  # without it every step would draw the same masks
         raise RuntimeError("seeded LoRA dropout planned, but the model has no dropout seed: accel.plan.apply first")
 
-    # 1. batches: length-sorted under a token budget where the spec sets one, padded to the graphs' shapes
-    shapes = accel.batch_shapes(spec)
-    collator = CountingCollator(tokenizer, shapes)
+    # 1. batches: length-sorted under a token budget where the spec sets one; packed into one row each where the plan
+    # packs (cut by their real tokens), else padded (to the graphs' shapes, and cut by those)
+    shapes, packed_longest = accel.batch_shapes(spec), accel.packed_longest(spec)
+    collator = CountingCollator(tokenizer, shapes, packed_longest)
     dataset = ListDataset(train_split)
-    batches = token_budget_batches(spec, dataset.lengths, shapes)
+    batches = token_budget_batches(spec, dataset.lengths, None if packed_longest else shapes)
 
     # 2. what is watched while it trains: dev selection, the loss, the rate after warm-up, progress, the profiler
     selection = BestOnDev(evaluate_dev, collator, by_f1=select_on_dev, report=report)

@@ -1,0 +1,186 @@
+"""Packed training batches (accel/packing.py): one row of sentences, attention per sentence. On a CPU the
+segments go through SDPA one at a time (the reference); on a GPU through torch's varlen_attn, tested against it."""
+import dataclasses
+import random
+
+import pytest
+import torch
+from transformers import DataCollatorForTokenClassification
+
+from nerbench_core.accel import packing
+from nerbench_core.accel.cuda_graphs import BatchShapes
+from nerbench_core.accel.memory import DeviceMemory
+from nerbench_core.accel.plan import plan
+from nerbench_core.training import batching
+
+from .helpers import build, on_device_of, tiny_bert
+from .test_decoder import spec_for
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen attention needs a GPU")
+
+
+def sentences(n: int, seed: int = 0, vocab: int = 300, longest: int = 30) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        length = rng.randint(2, longest)
+        rows.append({"input_ids": [rng.randrange(3, vocab) for _ in range(length)],
+                     "labels": [rng.choice([-100, 0, 1, 2]) for _ in range(length)]})
+    return rows
+
+
+def test_a_packed_row_holds_the_sentences_with_positions_from_zero_and_fillers_attending_to_themselves():
+    rows = [{"input_ids": [5, 6, 7], "labels": [1, -100, 2]}, {"input_ids": [8, 9], "labels": [0, 1]}]
+    exact, real = packing.pack(rows, pad_id=0, longest=4)
+    assert real == 5 and exact["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert exact["position_ids"].tolist() == [[0, 1, 2, 0, 1]] and exact["labels"].tolist() == [[1, -100, 2, 0, 1]]
+    assert exact[packing.SEGMENTS].tolist() == [0, 3, 5] and exact[packing.SEGMENTS].dtype == torch.int32
+    assert exact[packing.LONGEST] == 4
+
+    shapes = BatchShapes(4096, 1024)
+    shaped, real = packing.pack(rows, pad_id=0, longest=4, shapes=shapes)
+    assert real == 5 and shaped["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0]]  # up the ladder: 8
+    # the filler: pad tokens, unlabelled, a segment of their own; then empty segments up to a power of two
+    assert shaped[packing.SEGMENTS].tolist() == [0, 3, 5, 8, 8, 8, 8, 8, 8]
+    assert shaped["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
+    assert (shaped["labels"][0, 5:] == -100).all()
+    # a filler longer than `longest`: segments of at most `longest`
+    eight = [{"input_ids": [5] * 4, "labels": [0] * 4}] * 8 + [{"input_ids": [6], "labels": [1]}]
+    shaped, real = packing.pack(eight, pad_id=0, longest=4, shapes=shapes)
+    assert real == 33 and shaped["input_ids"].shape == (1, 40)
+    assert shaped[packing.SEGMENTS].tolist()[8:12] == [32, 33, 37, 40]
+    with pytest.raises(ValueError, match="5 sub-tokens, over the 4 bound"):
+        packing.pack([{"input_ids": [1] * 5, "labels": [0] * 5}], pad_id=0, longest=4)
+
+
+def test_segment_counts_round_up_to_powers_of_two():
+    assert [BatchShapes.segments(n) for n in (1, 8, 9, 33, 64, 65)] == [8, 8, 16, 64, 64, 128]
+
+
+def test_the_collator_packs_and_counts_the_fillers_as_padding(qwen_dir):
+    from nerbench_core.backends.hf import tokenizer_for
+
+    rows = sentences(10)
+    collator = batching.CountingCollator(tokenizer_for(str(qwen_dir)), BatchShapes(4096, 1024), packed_longest=32)
+    batch = collator(rows)
+    real = sum(len(r["input_ids"]) for r in rows)
+    assert collator.real_tokens == real and batch["input_ids"].shape == (1, BatchShapes(4096).length(real))
+    assert collator.padding_fraction == pytest.approx(1 - real / batch["input_ids"].numel())
+
+
+def padded_and_packed(model, rows: list[dict], pad_id: int, tokenizer, shapes: BatchShapes | None):
+    """The loss, the labelled positions' logits and the trained weights' gradients, of ``rows`` as a padded batch
+    and as a packed row."""
+    padded = DataCollatorForTokenClassification(tokenizer, return_tensors="pt")(
+        [{**r, "attention_mask": [1] * len(r["input_ids"])} for r in rows])
+    packed, _ = packing.pack(rows, pad_id, longest=32, shapes=shapes)
+    out = []
+    for batch in (padded, packed):
+        model.zero_grad()
+        result = model(**on_device_of(model, batch))
+        result.loss.backward()
+        labelled = batch["labels"] != -100
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        out.append((result.loss.detach(), result.logits.detach()[labelled.to(result.logits.device)], grads))
+    return out
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+@pytest.mark.parametrize("shaped", [False, True], ids=["exact", "graph-shaped"])
+def test_a_packed_batch_computes_what_the_padded_batch_does(qwen_dir, tmp_path, attention, shaped):
+    spec = spec_for(qwen_dir, method="lora", attention=attention)
+    spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0),  # the same masks: none
+                               train=dataclasses.replace(spec.train, bf16=False))
+    built = build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    model = built.model.float()
+    packing.install(built.transformers_model)
+    model.eval()  # the classifier's dropout off; gradients still flow
+    rows = sentences(12, longest=20)
+    (loss_a, logits_a, grads_a), (loss_b, logits_b, grads_b) = padded_and_packed(
+        model, rows, built.tokenizer.pad_token_id, built.tokenizer, BatchShapes(4096, 512) if shaped else None)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_b, logits_a, rtol=1e-4, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_unpacked_batches_still_go_through_sdpa_unchanged(qwen_dir, tmp_path):
+    spec = spec_for(qwen_dir, method="lora")
+    built = build(spec, ["O", "B-PER"], tmp_path)
+    model = built.model.eval()
+    batch = on_device_of(model, {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]]),
+                                 "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])})
+    with torch.no_grad():
+        before = model(**batch).logits
+        packing.install(built.transformers_model)
+        assert built.transformers_model.config._attn_implementation == packing.ATTENTION
+        assert torch.equal(model(**batch).logits, before)
+
+
+def test_packing_is_off_where_it_cannot_serve(qwen_dir, tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    spec = spec_for(qwen_dir, method="lora")
+    built = build(spec, ["O", "B-PER"], tmp_path)
+    off = dataclasses.replace(spec, train=dataclasses.replace(spec.train, packed_sequences=False))
+    assert plan(off, built, DeviceMemory()).packed_sequences.why == "not asked for"
+    lever = plan(spec, built, DeviceMemory()).packed_sequences
+    if torch.cuda.is_available():
+        assert lever.on == packing.available()
+    else:
+        assert (lever.on, lever.why) == (False, "no CUDA")
+    # bert-base-cased's attention dropout: the kernel has none
+    bert = AutoModelForTokenClassification.from_pretrained(tiny_bert(tmp_path / "bert"), num_labels=2,
+                                                           attn_implementation="sdpa")
+    assert "attention_probs_dropout_prob 0.1" in packing.unsupported(bert)
+    eager = AutoModelForTokenClassification.from_pretrained(qwen_dir, num_labels=2, attn_implementation="eager")
+    assert packing.unsupported(eager) == "eager attention"
+    assert packing.unsupported(built.transformers_model) is None
+
+
+@needs_cuda
+@pytest.mark.parametrize("causal", [True, False])
+def test_the_varlen_kernel_attends_as_the_reference_does_with_empty_segments(causal):
+    if not packing.available():
+        pytest.skip("torch has no varlen_attn")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    starts = torch.tensor([0, 7, 40, 41, 100, 128, 128, 128, 128], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(128, heads, 64, device="cuda", generator=g, dtype=torch.bfloat16, requires_grad=True)
+               for heads in (4, 2, 2))  # grouped-query: two query heads a key and value head
+    out = packing.varlen(q, k, v, starts, 64, causal, None)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = packing.reference(q32, k32, v32, starts, 64, causal, None)
+    want = torch.autograd.grad(ref, (q32, k32, v32), grad.float())
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=5e-2)
+
+
+def test_the_backward_buffer_is_bounded_by_the_rows_segments():
+    """Flash Attention's variable-length backward keeps 128 rows of float32 query gradient a segment beside the row's
+    positions: on an H200 as a 12 GB card, Qwen1.5-14B's row of 512 segments asked for 1.27 GiB and ran out of
+    memory. The plan's bound takes the most segments a row can hold."""
+    from transformers import Qwen2Config
+
+    from nerbench_core.specs import TrainConfig
+
+    qwen14b = Qwen2Config(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40)
+    suite = TrainConfig(batch_size=4096, max_tokens_per_batch=1024, max_length=128)
+    assert 40 * (1024 + 128 * 512) * 128 * 4 == int(1.26953125 * 2**30)  # the failed allocation, 512 segments
+    assert packing.backward_bytes(qwen14b, suite) == 40 * (1024 + 128 * 1024) * 128 * 4  # at most 1,024 a row
+    # 32-sentence batches: 32 sentences and a filler, 64 segments
+    bert_like = TrainConfig(batch_size=32, max_length=128)
+    assert packing.backward_bytes(qwen14b, bert_like) == 40 * (32 * 128 + 128 * 64) * 128 * 4
+
+
+@needs_cuda
+def test_packing_is_off_where_its_backward_buffer_does_not_fit(qwen_dir, tmp_path):
+    if not packing.available():
+        pytest.skip("torch has no varlen_attn")
+    spec = spec_for(qwen_dir, method="lora")
+    built = build(spec, ["O", "B-PER"], tmp_path)
+    lever = plan(spec, built, DeviceMemory(cap_gb=1)).packed_sequences  # the 2 GiB reserve alone is over the card
+    assert not lever.on and "does not fit beside the activations" in lever.why
