@@ -85,8 +85,9 @@ class TrainConfig:
     # attention kernel (accel/packing.py), instead of padded to a block: the padding's work is not done, and batches
     # are cut by their real tokens. The same arithmetic per sentence. Only on CUDA with torch's varlen_attn, in bf16 or
     # fp16, for the head paradigm of models whose attention goes through transformers' attention interface, without
-    # attention dropout (not bert-base-cased's) or sliding windows, and where the kernel's backward buffer fits
-    # beside the activations (not on 12 or 24 GB cards); padded batches elsewhere.
+    # attention dropout (not bert-base-cased's), sliding windows or learned absolute positions, with trained weights in
+    # the compute dtype, and where the kernel's backward buffer fits beside the activations without checkpointing (not
+    # the 14B on a 12 GB card); padded batches elsewhere.
     packed_sequences: bool = True
     # The generative paradigm's greedy decoding with a static cache, each step replayed from a CUDA graph
     # (accel/graphed_generation.py): the same tokens as transformers' generate, without a launch from Python for

@@ -105,8 +105,11 @@ def test_a_packed_batch_computes_what_the_padded_batch_does(qwen_dir, tmp_path, 
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_unpacked_batches_still_go_through_sdpa_unchanged(qwen_dir, tmp_path):
-    spec = spec_for(qwen_dir, method="lora")
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_unpacked_batches_still_go_through_sdpa_unchanged(qwen_dir, tmp_path, attention):
+    """Prediction's padded batches: the same logits before and after install (bidirectional layers build their
+    padding mask through the mask function registered with the attention one)."""
+    spec = spec_for(qwen_dir, method="lora", attention=attention)
     built = build(spec, ["O", "B-PER"], tmp_path)
     model = built.model.eval()
     batch = on_device_of(model, {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]]),
@@ -118,25 +121,92 @@ def test_unpacked_batches_still_go_through_sdpa_unchanged(qwen_dir, tmp_path):
         assert torch.equal(model(**batch).logits, before)
 
 
-def test_packing_is_off_where_it_cannot_serve(qwen_dir, tmp_path):
-    from transformers import AutoModelForTokenClassification
+def case_on_a_gpu(monkeypatch, spec, built, free: int | None):
+    """The plan's view of a case as a GPU with bf16 would give it, on this machine (the decisions, not the kernels)."""
+    from nerbench_core import precision
+    from nerbench_core.accel import plan as plan_module
 
+    monkeypatch.setattr(precision, "bf16_available", lambda: True)
+    monkeypatch.setattr(packing, "available", lambda: True)
+    case = plan_module._Case(spec, built, free)
+    case.cuda = True
+    return case
+
+
+def test_the_plan_packs_only_where_the_kernel_serves_and_its_buffer_fits(qwen_dir, tmp_path, monkeypatch):
     spec = spec_for(qwen_dir, method="lora")
     built = build(spec, ["O", "B-PER"], tmp_path)
     off = dataclasses.replace(spec, train=dataclasses.replace(spec.train, packed_sequences=False))
     assert plan(off, built, DeviceMemory()).packed_sequences.why == "not asked for"
-    lever = plan(spec, built, DeviceMemory()).packed_sequences
-    if torch.cuda.is_available():
-        assert lever.on == packing.available()
-    else:
-        assert (lever.on, lever.why) == (False, "no CUDA")
-    # bert-base-cased's attention dropout: the kernel has none
-    bert = AutoModelForTokenClassification.from_pretrained(tiny_bert(tmp_path / "bert"), num_labels=2,
-                                                           attn_implementation="sdpa")
-    assert "attention_probs_dropout_prob 0.1" in packing.unsupported(bert)
-    eager = AutoModelForTokenClassification.from_pretrained(qwen_dir, num_labels=2, attn_implementation="eager")
-    assert packing.unsupported(eager) == "eager attention"
-    assert packing.unsupported(built.transformers_model) is None
+    if not torch.cuda.is_available():
+        assert plan(spec, built, DeviceMemory()).packed_sequences.why == "no CUDA"
+    from nerbench_core.accel.plan import Lever
+
+    kept_none = Lever(False, "")
+    need = packing.backward_bytes(built.transformers_model.config, spec.train)
+    roomy = case_on_a_gpu(monkeypatch, spec, built, free=100 * 2**30)
+    assert roomy.packed_sequences(kept_none) == Lever(True, "asked for")
+    # room beside the activations, but less than the buffer: padded, so that packing never turns checkpointing on
+    tight = case_on_a_gpu(monkeypatch, spec, built, free=None)
+    monkeypatch.setattr(type(tight), "room", lambda self: need - 1)
+    assert "does not fit beside the activations" in tight.packed_sequences(kept_none).why
+    monkeypatch.setattr(type(tight), "room", lambda self: need)
+    assert tight.packed_sequences(kept_none).on
+    # a full fine-tune keeps float32 weights: its rotary tables promote q to float32, which the kernel does not take
+    full = dataclasses.replace(spec, method="full", lora=None)
+    full_case = case_on_a_gpu(monkeypatch, full, build(full, ["O", "B-PER"], tmp_path / "full"), free=100 * 2**30)
+    assert full_case.packed_sequences(kept_none).why == "float32 weights, bfloat16 compute"
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("bert", "attention_probs_dropout_prob 0.1 (the kernel has no dropout)"),
+    ("gpt2", "attn_pdrop 0.1 (the kernel has no dropout)"),
+    ("roberta", "no rotary positions (roberta)"),  # learned positions from padding_idx + 1
+    ("qwen2-sliding", "sliding_attention layers"),
+    ("qwen2-eager", "eager attention"),
+    ("qwen2", None),
+])
+def test_packing_serves_only_models_whose_every_layer_attends_within_a_sentence(kind, why):
+    from transformers import (AutoModelForTokenClassification, BertConfig, GPT2Config, Qwen2Config,
+                              RobertaConfig)
+
+    small = dict(num_hidden_layers=2, num_attention_heads=2)
+    configs = {
+        "bert": BertConfig(hidden_size=32, intermediate_size=64, **small),
+        "gpt2": GPT2Config(n_embd=32, n_layer=2, n_head=2),
+        "roberta": RobertaConfig(hidden_size=32, intermediate_size=64, attention_probs_dropout_prob=0.0, **small),
+        "qwen2-sliding": Qwen2Config(hidden_size=32, intermediate_size=64, use_sliding_window=True,
+                                     max_window_layers=1, **small),
+        "qwen2-eager": Qwen2Config(hidden_size=32, intermediate_size=64, **small),
+        "qwen2": Qwen2Config(hidden_size=32, intermediate_size=64, **small),
+    }
+    model = AutoModelForTokenClassification.from_config(
+        configs[kind], attn_implementation="eager" if kind == "qwen2-eager" else "sdpa")
+    assert packing.unsupported(model) == why
+
+
+@needs_cuda
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_on_a_gpu_a_packed_batch_computes_what_the_padded_batch_does(qwen_dir, tmp_path, attention):
+    """The planned path in bf16 (the varlen kernel, fused LoRA on 4-bit weights, the RoPE kernel): a packed row's loss
+    and logits are the padded batch's, within bf16 rounding."""
+    from .helpers import planned
+    from .test_cuda_graphs import without_dropout
+
+    spec = spec_for(qwen_dir, attention=attention)
+    spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0))
+    built = build(spec, ["O", "B-PER", "I-PER"], tmp_path)
+    accel = planned(spec, built)
+    if not accel.packed_sequences.on:
+        pytest.skip(f"packed sequences off: {accel.packed_sequences.why}")
+    without_dropout(built.model)
+    built.model.eval()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        (loss_a, logits_a, _), (loss_b, logits_b, _) = padded_and_packed(
+            built.model, sentences(12, longest=20), built.tokenizer.pad_token_id, built.tokenizer,
+            BatchShapes(4096, 512))
+    torch.testing.assert_close(loss_b.float(), loss_a.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(logits_b.float(), logits_a.float(), rtol=2e-2, atol=2e-2)
 
 
 @needs_cuda
@@ -159,21 +229,28 @@ def test_the_varlen_kernel_attends_as_the_reference_does_with_empty_segments(cau
         torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=5e-2)
 
 
-def test_the_backward_buffer_is_bounded_by_the_rows_segments():
-    """Flash Attention's variable-length backward keeps 128 rows of float32 query gradient a segment beside the row's
-    positions: on an H200 as a 12 GB card, Qwen1.5-14B's row of 512 segments asked for 1.27 GiB and ran out of
-    memory. The plan's bound takes the most segments a row can hold."""
+def test_the_backward_buffer_is_flash_attentions_and_bounded_by_the_most_segments_a_row_holds():
+    """Flash Attention 2's variable-length backward keeps (positions + 128 x segments) rows of float32 query gradient:
+    on an H200 as a 12 GB card, Qwen1.5-14B's row of 512 segments asked for exactly 1.27 GiB (the out-of-memory
+    error's "Tried to allocate 1.27 GiB") and failed. The plan's bound takes the largest row a batch can make."""
     from transformers import Qwen2Config
 
     from nerbench_core.specs import TrainConfig
 
     qwen14b = Qwen2Config(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40)
+    assert round(packing.buffer_bytes(qwen14b, 1024, 512) / 2**30, 2) == 1.27
     suite = TrainConfig(batch_size=4096, max_tokens_per_batch=1024, max_length=128)
-    assert 40 * (1024 + 128 * 512) * 128 * 4 == int(1.26953125 * 2**30)  # the failed allocation, 512 segments
-    assert packing.backward_bytes(qwen14b, suite) == 40 * (1024 + 128 * 1024) * 128 * 4  # at most 1,024 a row
-    # 32-sentence batches: 32 sentences and a filler, 64 segments
-    bert_like = TrainConfig(batch_size=32, max_length=128)
-    assert packing.backward_bytes(qwen14b, bert_like) == 40 * (32 * 128 + 128 * 64) * 128 * 4
+    assert packing.backward_bytes(qwen14b, suite) == packing.buffer_bytes(qwen14b, 1024, 1024)  # a sub-token each
+    # a budget off the ladder: the row rounds up it; 32-sentence batches: 32 sentences and a filler, 64 segments
+    assert packing.backward_bytes(qwen14b, dataclasses.replace(suite, max_tokens_per_batch=1000)) == \
+        packing.buffer_bytes(qwen14b, 1024, 1024)
+    assert packing.backward_bytes(qwen14b, TrainConfig(batch_size=32, max_length=128)) == \
+        packing.buffer_bytes(qwen14b, 32 * 128, 64)
+    # head_dim rounded up as the kernel does: 80 takes 96 columns
+    odd = Qwen2Config(hidden_size=160, num_attention_heads=2, num_key_value_heads=2)
+    assert packing.buffer_bytes(odd, 10, 1) == 2 * (10 + 128) * 96 * 4
+    assert packing.fits(qwen14b, suite, None) and packing.fits(qwen14b, suite, 2 * 10**9)
+    assert packing.fits(qwen14b, suite, 3 * 10**9) is None
 
 
 @needs_cuda

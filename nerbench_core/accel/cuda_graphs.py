@@ -160,7 +160,8 @@ class GraphedSteps:
             loss_of = self._seeded(loss_of)
         if self.failed:
             return eager_step(loss_of, inputs)
-        # other inputs than tensors (packed rows' length bound) are recorded into the graph as they are: its key
+        # other inputs than tensors (packed rows' length bound: a constant of the case) are recorded into the graph as
+        # they are, hence part of its key (hashable; each value its own graph)
         key = tuple((k, tuple(v.shape), v.dtype) if torch.is_tensor(v) else (k, v) for k, v in inputs.items())
         captured = self.graphs.get(key)
         if captured is None:

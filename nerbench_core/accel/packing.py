@@ -1,5 +1,4 @@
-"""Training batches packed into one row without padding, each sentence attending only to itself
-(``packed_sequences = true``).
+"""Training batches packed into one row, each sentence attending only to itself (``packed_sequences = true``).
 
 Why: padded batches compute every position of a (rows x longest) block; with the CUDA graphs' shape ladder
 (cuda_graphs.py) 9% of the seed decoders' positions were padding, work that trains nothing. Packed, a batch is its
@@ -21,11 +20,13 @@ How:
 * On a CPU, or in float32 (tests), the segments go through SDPA one at a time: the reference the kernel is tested
   against.
 
-Where not (accel.plan): without CUDA or torch's ``varlen_attn``; float32 compute (the kernel takes bf16 and fp16); where
-the kernel's backward buffer (:func:`backward_bytes`, 128 rows a segment) does not fit beside the activations; models that do not route attention through
-transformers' attention interface (their layers would ignore the segments and attend across sentences); attention
-dropout (the kernel has none: bert-base-cased's 0.1) or sliding windows; the generative paradigm; backends with
-kernels of their own.
+Where not (accel.plan): without CUDA or torch's ``varlen_attn``; float32 compute or float32 weights (the kernel takes
+bf16 and fp16, and q must reach it so); where the kernel's backward buffer (:func:`backward_bytes`, 128 rows a
+segment) does not fit beside the activations without checkpointing; models that do not route every layer's attention
+through transformers' attention interface (their layers would ignore the segments and attend across sentences), with
+attention dropout (the kernel has none: bert-base-cased's 0.1), sliding windows or softcapping, or without rotary
+positions (:func:`unsupported`); the generative paradigm; backends with kernels of their own. The attention function
+refuses what it would leave out (a sliding window, softcapping, attention sinks) rather than drop it.
 """
 from __future__ import annotations
 
@@ -88,6 +89,9 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     if query.shape[0] != 1 or dropout:
         raise ValueError(f"packed sequences: one row without attention dropout; got {query.shape[0]} rows, "
                          f"dropout {dropout}")
+    extra = [name for name in ("sliding_window", "softcap", "s_aux") if kwargs.get(name) is not None]
+    if extra:  # what the kernel call below would leave out (accel.plan does not pack such models)
+        raise ValueError(f"packed sequences: the attention asks for {', '.join(extra)}, which packing does not do")
     # (1, heads, positions, head_dim) -> (positions, heads, head_dim): views of the projections' layout, no copy
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     causal = getattr(module, "is_causal", True)
@@ -134,23 +138,40 @@ def reference(q, k, v, starts, longest: int, causal: bool, scale: float | None) 
     return torch.cat(pieces)
 
 
-FLASH_ROWS_PER_SEGMENT = 128  # Flash Attention's variable-length backward: rows of its query-gradient buffer a segment
+FLASH_ROWS_PER_SEGMENT = 128  # Flash Attention 2's variable-length backward: query-gradient rows a segment
+
+
+def buffer_bytes(config, positions: int, segments: int) -> int:
+    """Flash Attention 2's variable-length backward for a row of ``positions`` in ``segments``: a float32 accumulator
+    of the query gradient, (positions + 128 x segments) x query heads x head_dim (rounded up to 32, or 64 above 128).
+    On an H200 as a 12 GB card, Qwen1.5-14B's row of 512 segments asked for 1.27 GiB here and ran out of memory
+    (docs/PERFORMANCE.md). Left out as small beside it: the key and value heads repeated for grouped-query attention
+    (bf16, positions x query heads x head_dim each)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    multiple = 32 if head_dim <= 128 else 64
+    rounded = -(-head_dim // multiple) * multiple
+    return config.num_attention_heads * (positions + FLASH_ROWS_PER_SEGMENT * segments) * rounded * 4
 
 
 def backward_bytes(config, train) -> int:
-    """The most memory the variable-length kernel's backward takes at once for a layer: a float32 accumulator of the
-    query gradient with 128 rows more than the row's positions for every segment. A row's segments are at most the
-    batch size plus the fillers' and at most its positions (a segment has one at least), their count padded to a
-    power of two (BatchShapes.segments). On an H200 as a 12 GB card, Qwen1.5-14B's first
-    row of short sentences (512 segments) asked for 1.27 GiB here and ran out of memory (docs/PERFORMANCE.md)."""
-    from .cuda_graphs import BatchShapes
+    """:func:`buffer_bytes` for the largest row ``train``'s batches can make: the token budget (or batch size x
+    max_length) up the graphs' ladder, and the most segments it can hold, padded to a power of two (at most the
+    batch size plus the fillers', at most its positions: a segment has one at least)."""
+    from .cuda_graphs import BatchShapes, bucket_length
     from .memory import tokens_per_step
 
-    tokens = tokens_per_step(train)
+    positions = bucket_length(tokens_per_step(train))
     fillers = -(-63 // train.max_length)  # the filler (under 64 positions: the graphs' ladder) in pieces of max_length
-    segments = BatchShapes.segments(min(train.batch_size + fillers, tokens))
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return config.num_attention_heads * (tokens + FLASH_ROWS_PER_SEGMENT * segments) * head_dim * 4
+    return buffer_bytes(config, positions, BatchShapes.segments(min(train.batch_size + fillers, positions)))
+
+
+def fits(config, train, room: int | None) -> str | None:
+    """Why :func:`backward_bytes` does not fit in ``room`` (what is left beside the activations and anything else the
+    plan keeps, without checkpointing; None where it cannot be known), or None where it fits."""
+    need = backward_bytes(config, train)
+    if room is not None and need <= room:
+        return None
+    return f"its backward's buffer ({need / 1e9:.1f} GB) does not fit beside the activations"
 
 
 def available() -> bool:
@@ -162,18 +183,29 @@ def available() -> bool:
 
 
 def unsupported(model: nn.Module) -> str | None:
-    """Why a transformers ``model`` cannot train on packed rows, or None."""
+    """Why a transformers ``model`` cannot train on packed rows, or None. Packed, every layer must attend within a
+    sentence through the attention function, and positions counted from 0 at each sentence must be what a padded row
+    gives: rotary positions are relative, so models with them qualify; learned absolute ones are left padded (RoBERTa's
+    start after the padding index)."""
+    from .rope import modeling_module, transformers_function
+
     config = model.config
     if not getattr(model, "_supports_attention_backend", False):
         return f"{type(model).__name__} does not route attention through transformers' attention interface"
     if config._attn_implementation not in ("sdpa", ATTENTION):
         return f"{config._attn_implementation} attention"
-    for name in ("attention_dropout", "attention_probs_dropout_prob"):
-        if getattr(config, name, 0) or 0:
-            return f"{name} {getattr(config, name)} (the kernel has no dropout)"
-    sliding_layers = "sliding_attention" in (getattr(config, "layer_types", None) or ())
-    if getattr(config, "use_sliding_window", False) or (getattr(config, "sliding_window", None) and sliding_layers):
+    for name, value in config.to_dict().items():  # attention_dropout, attention_probs_dropout_prob, attn_pdrop, ...
+        if ("attention" in name or "attn" in name) and ("dropout" in name or "pdrop" in name) and \
+                isinstance(value, float) and value > 0:
+            return f"{name} {value} (the kernel has no dropout)"
+    if other := {t for t in (getattr(config, "layer_types", None) or ()) if t != "full_attention"}:
+        return f"{', '.join(sorted(other))} layers"
+    if getattr(config, "use_sliding_window", False):
         return "sliding-window attention"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attention softcapping"
+    if transformers_function(modeling_module(model)) is None:
+        return f"no rotary positions ({config.model_type})"
     return None
 
 

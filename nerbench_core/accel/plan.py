@@ -40,7 +40,7 @@ class AccelPlan:
     block_scales: Lever  # or only their block scales (double quantization), where the weights are not kept
     gradient_checkpointing: Lever
     cuda_graphs: Lever  # training steps replayed from CUDA graphs
-    packed_sequences: Lever  # training batches as one row of sentences, attention per sentence (no padding)
+    packed_sequences: Lever  # training batches as one row of sentences, attention per sentence (no padding between)
     sdpa_without_cudnn: Lever  # SDPA's shape-agnostic kernels instead of cuDNN's, which re-plans for every shape
     graphed_generation: Lever  # the generative paradigm's decoding steps replayed from CUDA graphs
     free_bytes: int | None = None  # the memory the plan was made with
@@ -227,14 +227,19 @@ class _Case:
         the kept weights without checkpointing, so that packing never turns checkpointing on (it is decided after)."""
         why = (self.not_ours(self.t.packed_sequences) or ("no CUDA" if not self.cuda else None)
                or ("torch has no varlen_attn" if not packing.available() else None)
-               or (f"{dtype_name(self.dtype)} compute" if self.dtype not in packing.KERNEL_DTYPES else None)
                or ("generative paradigm" if self.spec.paradigm == "generative" else None)
-               or packing.unsupported(self.base))
-        if why is None:
-            need, room = packing.backward_bytes(self.base.config, self.t), self.room_left(keep)
-            if room is None or need > room:
-                why = f"its backward's buffer ({need / 1e9:.1f} GB) does not fit beside the activations"
+               or self.packed_dtype_off() or packing.unsupported(self.base)
+               or packing.fits(self.base.config, self.t, self.room_left(keep)))
         return Lever(why is None, why or "asked for")
+
+    def packed_dtype_off(self) -> str | None:
+        """The kernel takes bf16 and fp16, and q must reach it in the compute dtype: float32 weights under bf16 (a full
+        fine-tune) give float32 rotary tables, which promote q and k to float32 (as for the RoPE kernel)."""
+        if self.dtype not in packing.KERNEL_DTYPES:
+            return f"{dtype_name(self.dtype)} compute"
+        if weights_dtype(self.spec) != self.dtype:
+            return f"{dtype_name(weights_dtype(self.spec))} weights, {dtype_name(self.dtype)} compute"
+        return None
 
     def graphed_generation(self) -> Lever:
         why = ("head paradigm" if self.spec.paradigm != "generative" else self.not_ours(self.t.graphed_generation)
