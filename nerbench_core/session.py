@@ -96,10 +96,10 @@ class Session:
         """Run one case (its spec seeded), or reuse its stored record; a failure is recorded before it is raised."""
         from .backends.base import ModelUnavailable
         from .cost import release_memory
-        from .runner import effective_spec, floor_of, judge, new_record, run_case, work_dir
+        from .runner import effective_spec, floor_of, judge, key_for, new_record, run_case, work_dir
 
         run_spec = effective_spec(spec, self.options)
-        key = self.run_key(spec, dataset)
+        key = key_for(run_spec, dataset, self.options)  # run_key's, from the spec worked out once
         # one process at a time per run key, wherever it runs on this results folder: a second one waits, then finds
         # the first one's record
         with self.case_lock(key, f"{spec.name} (seed {run_spec.train.seed})"):
