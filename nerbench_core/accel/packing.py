@@ -37,14 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cuda_graphs import BatchShapes, bucket_length
+from .memory import tokens_per_step
+from .rope import modeling_module, transformers_function
+
 ATTENTION = "nerbench_packed"  # the name registered with transformers' attention and mask interfaces
 SEGMENTS = "packed_segments"  # batch key: the segments' cumulative starts, int32 (segments + 1,)
 LONGEST = "packed_longest"  # batch key: an int at least the longest segment's length (the kernel's grid)
 
 
-def pack(features: list[dict], pad_id: int, longest: int, shapes=None) -> tuple[dict, int]:
+def pack(features: list[dict], pad_id: int, longest: int, shapes: BatchShapes | None = None) -> tuple[dict, int]:
     """``features`` (input_ids and labels per sentence) as one packed row; also how many positions are real.
-    ``shapes`` (cuda_graphs.BatchShapes, under CUDA graphs): the row padded up to ``shapes.length`` of its real
+    ``shapes`` (under CUDA graphs): the row padded up to ``shapes.length`` of its real
     positions, its segments up to ``shapes.segments`` of their number; without, exactly the sentences."""
     ids, labels, positions, starts = [], [], [], [0]
 
@@ -157,9 +161,6 @@ def backward_bytes(config, train) -> int:
     """:func:`buffer_bytes` for the largest row ``train``'s batches can make: the token budget (or batch size x
     max_length) up the graphs' ladder, and the most segments it can hold, padded to a power of two (at most the
     batch size plus the fillers', at most its positions: a segment has one at least)."""
-    from .cuda_graphs import BatchShapes, bucket_length
-    from .memory import tokens_per_step
-
     positions = bucket_length(tokens_per_step(train))
     fillers = -(-63 // train.max_length)  # the filler (under 64 positions: the graphs' ladder) in pieces of max_length
     return buffer_bytes(config, positions, BatchShapes.segments(min(train.batch_size + fillers, positions)))
@@ -187,8 +188,6 @@ def unsupported(model: nn.Module) -> str | None:
     sentence through the attention function, and positions counted from 0 at each sentence must be what a padded row
     gives: rotary positions are relative, so models with them qualify; learned absolute ones are left padded (RoBERTa's
     start after the padding index)."""
-    from .rope import modeling_module, transformers_function
-
     config = model.config
     if not getattr(model, "_supports_attention_backend", False):
         return f"{type(model).__name__} does not route attention through transformers' attention interface"

@@ -152,12 +152,16 @@ class _Case:
         return Lever(why is None, why or "asked for")
 
     def fused_rope(self) -> Lever:
-        """Where q and the rotary tables share a dtype: weights kept in another dtype than the one matmuls run in (a
-        full fine-tune's float32 under bf16) give float32 tables and bf16 q, which transformers' function promotes."""
-        why = self.triton_off(self.t.fused_rope) or rope.unsupported(self.base)
-        if why is None and weights_dtype(self.spec) != self.dtype:
-            why = f"{dtype_name(weights_dtype(self.spec))} weights, {dtype_name(self.dtype)} compute"
+        """Where q and the rotary tables share a dtype (:meth:`rotary_promoted`): the kernel takes one."""
+        why = self.triton_off(self.t.fused_rope) or rope.unsupported(self.base) or self.rotary_promoted()
         return Lever(why is None, why or "asked for")
+
+    def rotary_promoted(self) -> str | None:
+        """Why q would leave the rotary embedding in another dtype than the compute dtype, or None: weights kept in
+        another dtype than the one matmuls run in (a full fine-tune's float32 under bf16) give float32 rotary tables,
+        which transformers' function promotes q and k to."""
+        weights = weights_dtype(self.spec)
+        return f"{dtype_name(weights)} weights, {dtype_name(self.dtype)} compute" if weights != self.dtype else None
 
     def room(self) -> int | None:
         """The memory left beside a step's activations without checkpointing (None where it cannot be known)."""
@@ -233,13 +237,11 @@ class _Case:
         return Lever(why is None, why or "asked for")
 
     def packed_dtype_off(self) -> str | None:
-        """The kernel takes bf16 and fp16, and q must reach it in the compute dtype: float32 weights under bf16 (a full
-        fine-tune) give float32 rotary tables, which promote q and k to float32 (as for the RoPE kernel)."""
+        """The kernel takes bf16 and fp16, and q must reach it in the compute dtype (:meth:`rotary_promoted`, as for the
+        RoPE kernel)."""
         if self.dtype not in packing.KERNEL_DTYPES:
             return f"{dtype_name(self.dtype)} compute"
-        if weights_dtype(self.spec) != self.dtype:
-            return f"{dtype_name(weights_dtype(self.spec))} weights, {dtype_name(self.dtype)} compute"
-        return None
+        return self.rotary_promoted()
 
     def graphed_generation(self) -> Lever:
         why = ("head paradigm" if self.spec.paradigm != "generative" else self.not_ours(self.t.graphed_generation)
