@@ -147,6 +147,7 @@ def test_a_killed_lora_case_resumes_from_its_last_epoch(qwen_dir, dataset, tmp_p
         return outcome, {n: p.detach().clone() for n, p in built.model.named_parameters() if p.requires_grad}
 
     straight, straight_weights = run(tmp_path / "straight")
+    assert straight.checkpoint_seconds > 0  # both epochs' checkpoints, timed apart from training
     with pytest.raises(RuntimeError, match="killed"):
         run(tmp_path / "crashy", evaluate_fails_at=2)
     assert (tmp_path / "crashy" / "checkpoint-8").is_dir()  # epoch 1 was saved

@@ -37,7 +37,7 @@ def test_a_packed_row_holds_the_sentences_with_positions_from_zero_and_fillers_a
     assert exact[packing.SEGMENTS].tolist() == [0, 3, 5] and exact[packing.SEGMENTS].dtype == torch.int32
     assert exact[packing.LONGEST] == 4
 
-    shapes = BatchShapes(4096, 1024)
+    shapes = BatchShapes(4096)  # no token budget: up the graphs' length ladder
     shaped, real = packing.pack(rows, pad_id=0, longest=4, shapes=shapes)
     assert real == 5 and shaped["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0]]  # up the ladder: 8
     # the filler: pad tokens, unlabelled, a segment of their own; then empty segments up to a power of two
@@ -49,6 +49,11 @@ def test_a_packed_row_holds_the_sentences_with_positions_from_zero_and_fillers_a
     shaped, real = packing.pack(eight, pad_id=0, longest=4, shapes=shapes)
     assert real == 33 and shaped["input_ids"].shape == (1, 40)
     assert shaped[packing.SEGMENTS].tolist()[8:12] == [32, 33, 37, 40]
+    # with a token budget, every row is padded to it: one shape for any number of real positions within it
+    for n in (3, 9, 12):
+        shaped, real = packing.pack([{"input_ids": [5] * n, "labels": [0] * n}], pad_id=0, longest=12,
+                                    shapes=BatchShapes(4096, 12))
+        assert real == n and shaped["input_ids"].shape == (1, 12) and shaped[packing.SEGMENTS].shape == (9,)
     with pytest.raises(ValueError, match="5 sub-tokens, over the 4 bound"):
         packing.pack([{"input_ids": [1] * 5, "labels": [0] * 5}], pad_id=0, longest=4)
 
@@ -64,7 +69,7 @@ def test_the_collator_packs_and_counts_the_fillers_as_padding(qwen_dir):
     collator = batching.CountingCollator(tokenizer_for(str(qwen_dir)), BatchShapes(4096, 1024), packed_longest=32)
     batch = collator(rows)
     real = sum(len(r["input_ids"]) for r in rows)
-    assert collator.real_tokens == real and batch["input_ids"].shape == (1, BatchShapes(4096).length(real))
+    assert collator.real_tokens == real and batch["input_ids"].shape == (1, 1024)  # the token budget
     assert collator.padding_fraction == pytest.approx(1 - real / batch["input_ids"].numel())
 
 
@@ -241,9 +246,13 @@ def test_the_backward_buffer_is_flash_attentions_and_bounded_by_the_most_segment
     assert round(packing.buffer_bytes(qwen14b, 1024, 512) / 2**30, 2) == 1.27
     suite = TrainConfig(batch_size=4096, max_tokens_per_batch=1024, max_length=128)
     assert packing.backward_bytes(qwen14b, suite) == packing.buffer_bytes(qwen14b, 1024, 1024)  # a sub-token each
-    # a budget off the ladder: the row rounds up it; 32-sentence batches: 32 sentences and a filler, 64 segments
+    # a budget off the ladder: rows are padded to it; 32-sentence batches without a budget: up the ladder, 32
+    # sentences and a filler, 64 segments
     assert packing.backward_bytes(qwen14b, dataclasses.replace(suite, max_tokens_per_batch=1000)) == \
-        packing.buffer_bytes(qwen14b, 1024, 1024)
+        packing.buffer_bytes(qwen14b, 1000, 1024)
+    # 32-sentence batches under a budget: 32 sentences and fillers of up to 1,023 positions in pieces of 128, 64
+    assert packing.backward_bytes(qwen14b, dataclasses.replace(suite, batch_size=32)) == \
+        packing.buffer_bytes(qwen14b, 1024, 64)
     assert packing.backward_bytes(qwen14b, TrainConfig(batch_size=32, max_length=128)) == \
         packing.buffer_bytes(qwen14b, 32 * 128, 64)
     # head_dim rounded up as the kernel does: 80 takes 96 columns

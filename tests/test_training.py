@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from nerbench_core.training.callbacks import BestOnDev, LossCurve
+from nerbench_core.training import callbacks
+from nerbench_core.training.callbacks import BestOnDev, CheckpointClock, LossCurve, SteadyRate
 
 
 class Collator:
@@ -28,6 +29,28 @@ def test_best_dev_epoch_weights_are_restored_at_the_end():
     assert selection.best["epoch"] == 2.0 and selection.best["dev_f1"] == 0.8
     assert torch.equal(model.weight, weights[2])
     assert [h["dev_f1"] for h in selection.history] == [0.5, 0.8, 0.6]  # no second scoring at train end
+
+
+def test_checkpoints_are_timed_apart_from_training_as_dev_scoring_is(monkeypatch):
+    """Training's time and its steady rate leave out each epoch's checkpoint, from dev scoring's end to the last file
+    (BestOnDev's on_save), as they leave out dev scoring; the record keeps their time on its own."""
+    now = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: now[0])
+    collator = SimpleNamespace(real_tokens=0)
+    steady, clock = SteadyRate(collator, warmup=3), CheckpointClock()
+    dev_history = []
+    for step in range(1, 21):  # 10 steps an epoch, 1 s and 100 tokens each
+        now[0] += 1.0
+        collator.real_tokens += 100
+        steady.on_step_end(None, SimpleNamespace(global_step=step), None)
+        if step % 10 == 0:
+            clock.on_epoch_end(None, SimpleNamespace(global_step=step), None)
+            now[0] += 4.0  # the checkpoint
+            clock.on_save(None, SimpleNamespace(global_step=step), None)
+            dev_history.append({"step": step, "seconds": 0.0})
+    assert clock.saves == [{"step": 10, "seconds": 4.0}, {"step": 20, "seconds": 4.0}] and clock.seconds == 8.0
+    assert steady.rate(now[0], dev_history + clock.saves) == pytest.approx(100.0)  # steps 4-20: 1,700 tokens, 17 s
+    assert steady.rate(now[0], dev_history) < 100.0  # with the checkpoints counted as training
 
 
 def test_a_nan_loss_stops_the_case_with_its_reason():

@@ -13,8 +13,8 @@ How:
   and carry no label. The token-budget sampler cuts batches by the same padded lengths, so a batch still holds at
   most its budget; padding is 9% of the positions on CoNLL with byte-level BPE tokens (under 1% without the ladder),
   for 15 shapes (docs/ladder_padding.py). On an H100 a 7B step ran 1.7x faster, BERT's 3.5x, the 0.5B's 2.9x
-  (docs/PERFORMANCE.md). Packed rows (packing.py) round their length up the same ladder and their number of
-  sentences up to a power of two (:meth:`BatchShapes.segments`).
+  (docs/PERFORMANCE.md). Packed rows (packing.py) are padded to the token budget (:meth:`BatchShapes.packed_length`)
+  and their number of sentences up to a power of two (:meth:`BatchShapes.segments`).
 * The first batch of each shape trains eagerly (it is also the warm-up the capture needs); its forward and backward
   are then captured on a side stream into a graph that shares one memory pool with the others: the graphs run one
   at a time, so the memory inside a step is reused, and only each graph's inputs and loss stay apart.
@@ -35,6 +35,8 @@ gradient accumulation (nerbench never asks for it).
 """
 from __future__ import annotations
 
+import contextlib
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -64,6 +66,12 @@ class BatchShapes:
 
     def length(self, n: int) -> int:
         return bucket_length(n)
+
+    def packed_length(self, n: int) -> int:
+        """The length a packed row of ``n`` real positions is padded to: the token budget, where batches have one and
+        the row is within it (packed rows are cut under the budget by their real tokens, so one length serves them
+        all, where the ladder gave several, each a capture of its own); else up the ladder."""
+        return self.max_tokens if self.max_tokens and n <= self.max_tokens else self.length(n)
 
     @staticmethod
     def segments(n: int) -> int:
@@ -145,6 +153,7 @@ class GraphedSteps:
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: dict[tuple, Captured] = {}
         self.replays = 0
+        self.first_parts: dict[str, float] = {}  # seconds in each shape's first step: eager, capture, freeing
         self.failed: str | None = None  # why a capture failed: every step is eager from then on
 
     def _attach_grads(self) -> None:
@@ -188,12 +197,14 @@ class GraphedSteps:
         main = torch.cuda.current_stream()
         self.stream.wait_stream(main)
         with torch.cuda.stream(self.stream):
-            result = eager_step(loss_of, static)
+            with self._timed("eager"):
+                result = eager_step(loss_of, static)
             try:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
-                    static_loss = loss_of(static)
-                    static_loss.backward()
+                with self._timed("capture"):
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+                        static_loss = loss_of(static)
+                        static_loss.backward()
             except RuntimeError as err:
                 # a model whose forward waits on the GPU (.item(), data-dependent shapes) cannot be captured: it
                 # trains eagerly, and the record says why
@@ -203,10 +214,28 @@ class GraphedSteps:
             self.graphs[key] = Captured(graph, static, static_loss.detach())
         # the eager step's blocks, cached for the side stream, are not needed again: free them for the graphs and
         # for dev scoring
-        torch.cuda.empty_cache()
+        with self._timed("freeing"):
+            torch.cuda.empty_cache()
         return result
+
+    @contextlib.contextmanager
+    def _timed(self, part: str):
+        """Adds the part's time to :attr:`first_parts`, the GPU's work queued before it not counted (a first step
+        comes a dozen times a case: the synchronizations cost nothing to speak of)."""
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            torch.cuda.synchronize()
+            self.first_parts[part] = self.first_parts.get(part, 0.0) + time.perf_counter() - t0
+
+    @property
+    def first_seconds(self) -> float:
+        return sum(self.first_parts.values())
 
     def describe(self) -> str:
         if self.failed:
             return f"CUDA graphs failed, eager steps: {self.failed}"
-        return f"CUDA graphs: {len(self.graphs)} batch shapes"
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in self.first_parts.items())
+        return f"CUDA graphs: {len(self.graphs)} batch shapes; first steps {self.first_seconds:.1f} s ({parts})"

@@ -11,7 +11,7 @@ How:
 * :func:`pack` lays the batch out: ``input_ids``, ``labels`` and ``position_ids`` of shape (1, positions), the
   sentences' cumulative starts (``SEGMENTS``, int32) and a bound on their length (``LONGEST``, the spec's
   ``max_length``, which no training sentence passes: features.py splits longer ones into windows). Under CUDA graphs
-  the row is padded up the graphs' length ladder with filler segments (pad tokens, no labels, each at most
+  the row is padded to the token budget (or up the graphs' length ladder, without one) with filler segments (pad tokens, no labels, each at most
   ``LONGEST`` long and attending to itself), and the starts up to a power of two by empty segments, so that a few
   shapes serve every batch.
 * :func:`install` registers :func:`attention` with transformers' attention interface and sets the model to it. A
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cuda_graphs import BatchShapes, bucket_length
+from .cuda_graphs import BatchShapes
 from .memory import tokens_per_step
 from .rope import modeling_module, transformers_function
 
@@ -48,7 +48,7 @@ LONGEST = "packed_longest"  # batch key: an int at least the longest segment's l
 
 def pack(features: list[dict], pad_id: int, longest: int, shapes: BatchShapes | None = None) -> tuple[dict, int]:
     """``features`` (input_ids and labels per sentence) as one packed row; also how many positions are real.
-    ``shapes`` (under CUDA graphs): the row padded up to ``shapes.length`` of its real
+    ``shapes`` (under CUDA graphs): the row padded up to ``shapes.packed_length`` of its real
     positions, its segments up to ``shapes.segments`` of their number; without, exactly the sentences."""
     ids, labels, positions, starts = [], [], [], [0]
 
@@ -64,7 +64,7 @@ def pack(features: list[dict], pad_id: int, longest: int, shapes: BatchShapes | 
                              f"{longest} bound (max_length)")
         add(list(f["input_ids"]), list(f["labels"]))
     real = len(ids)
-    filler = (shapes.length(real) if shapes else real) - real
+    filler = (shapes.packed_length(real) if shapes else real) - real
     while filler > 0:
         n = min(filler, longest)
         add([pad_id] * n, [-100] * n)
@@ -159,10 +159,13 @@ def buffer_bytes(config, positions: int, segments: int) -> int:
 
 def backward_bytes(config, train) -> int:
     """:func:`buffer_bytes` for the largest row ``train``'s batches can make: the token budget (or batch size x
-    max_length) up the graphs' ladder, and the most segments it can hold, padded to a power of two (at most the
+    max_length up the graphs' ladder), and the most segments it can hold, padded to a power of two (at most the
     batch size plus the fillers', at most its positions: a segment has one at least)."""
-    positions = bucket_length(tokens_per_step(train))
-    fillers = -(-63 // train.max_length)  # the filler (under 64 positions: the graphs' ladder) in pieces of max_length
+    shapes = BatchShapes(train.batch_size, train.max_tokens_per_batch or None)
+    positions = shapes.packed_length(tokens_per_step(train))
+    # the filler, in pieces of max_length: up to the budget, all but one position; up the ladder, under 64
+    filler = positions - 1 if shapes.max_tokens else 63
+    fillers = -(-filler // train.max_length)
     return buffer_bytes(config, positions, BatchShapes.segments(min(train.batch_size + fillers, positions)))
 
 

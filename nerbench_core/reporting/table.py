@@ -335,7 +335,10 @@ def render_cost(records: list[RunRecord], baseline: str | None = None, fmt: str 
 TIME_COLUMNS: list[Column] = [
     Column("build s", _fixed("load_seconds", 1), ("time",)),
     Column("train s", _fixed("train_seconds", 1), ("time",)),
+    # of training's time: each CUDA graph shape's first step, trained eagerly, and its capture
+    Column("captures s", _fixed("graph_first_steps_seconds", 1), ("time",)),
     Column("dev eval s", _fixed("dev_eval_seconds", 1), ("time",)),
+    Column("checkpoints s", _fixed("checkpoint_seconds", 1), ("time",)),
     Column("test eval s", _fixed("test_eval_seconds", 1), ("time",)),
     Column("case s", _fixed("case_seconds", 1), ("time",)),
 ]
@@ -349,7 +352,8 @@ def time_rows(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
     share = Column("share", lambda r: f"{100 * r.cost('case_seconds') / total:.0f}%" if total and r.cost("case_seconds")
                    else "", ("time",))
     headers, body = cells(rows, [c for c in COLUMNS if "time" in c.sets] + TIME_COLUMNS + [share])
-    body.append(["all", "", "", "", "", "", f"{total:.1f} ({total / 60:.1f} min)", "100%" if total else ""])
+    summary = {headers[0]: "all", "case s": f"{total:.1f} ({total / 60:.1f} min)", "share": "100%" if total else ""}
+    body.append([summary.get(h, "") for h in headers])
     return headers, body
 
 

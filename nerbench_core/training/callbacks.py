@@ -115,6 +115,28 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+class CheckpointClock(TrainerCallback):
+    """Times the Trainer's checkpoint at each epoch's end (the adapter, optimizer and selection written to disk), from
+    the end of dev scoring to the last file, so that training's time and rate leave it out as they leave out dev
+    scoring. Goes after :class:`BestOnDev` in the callbacks: its on_epoch_end scores dev, its on_save writes last."""
+
+    def __init__(self):
+        self.saves: list[dict] = []  # {"step", "seconds"}, as BestOnDev's history
+        self._since: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return sum(s["seconds"] for s in self.saves)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._since = time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):
+        if self._since is not None:
+            self.saves.append({"step": state.global_step, "seconds": time.perf_counter() - self._since})
+            self._since = None
+
+
 class LossCurve(TrainerCallback):
     def __init__(self):
         self.points: list[dict] = []
@@ -139,12 +161,13 @@ class SteadyRate(TrainerCallback):
             synchronize()
             self.mark = (time.perf_counter(), self.collator.real_tokens)
 
-    def rate(self, end: float, dev_history: list[dict]) -> float | None:
-        """Real tokens per second from the mark to ``end``, dev scoring after the mark not counted."""
+    def rate(self, end: float, pauses: list[dict]) -> float | None:
+        """Real tokens per second from the mark to ``end``, the pauses after the mark (dev scorings, checkpoints:
+        ``{"step", "seconds"}``) not counted."""
         if self.mark is None:
             return None
         mark_time, mark_tokens = self.mark
-        seconds = end - mark_time - sum(h["seconds"] for h in dev_history if h["step"] > self.warmup)
+        seconds = end - mark_time - sum(p["seconds"] for p in pauses if p["step"] > self.warmup)
         tokens = self.collator.real_tokens - mark_tokens
         return tokens / seconds if seconds > 0 and tokens > 0 else None
 

@@ -27,8 +27,8 @@ from ..features import EncodedSplit
 from ..precision import compute_dtype
 from ..specs import ModelSpec
 from .batching import CountingCollator, ListDataset, steps_per_epoch, token_budget_batches
-from .callbacks import (BestOnDev, LossCurve, ProfileSteps, Progress, SteadyRate, last_complete_checkpoint,
-                        synchronize)
+from .callbacks import (BestOnDev, CheckpointClock, LossCurve, ProfileSteps, Progress, SteadyRate,
+                        last_complete_checkpoint, synchronize)
 from .trainer import NerTrainer
 
 
@@ -58,8 +58,9 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     selection = BestOnDev(evaluate_dev, collator, by_f1=select_on_dev, report=report)
     curve = LossCurve()
     steady = SteadyRate(collator)
-    # progress first: an epoch's line comes before its dev scoring's
-    callbacks = ([Progress(report, collator)] if report is not None else []) + [selection, curve, steady]
+    saving = CheckpointClock()
+    # progress first: an epoch's line comes before its dev scoring's; the checkpoint's clock after dev scoring
+    callbacks = ([Progress(report, collator)] if report is not None else []) + [selection, saving, curve, steady]
     if profile is not None:  # under CUDA graphs, replayed steps: by step 40 most batch shapes have been captured
         callbacks.append(ProfileSteps(profile, first=40 if accel.cuda_graphs.on else 4))
 
@@ -77,7 +78,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
         shutil.rmtree(output_dir)  # checkpoints cut off before they were complete
     earlier = len(selection.history)  # dev scorings of the interrupted run, not timed in this one
 
-    # 5. train, timed apart from dev scoring
+    # 5. train, timed apart from dev scoring and checkpoints
     synchronize()
     model.zero_grad = trainer.zero_trained_grads  # an instance attribute shadows Module.zero_grad while training
     t0 = time.perf_counter()
@@ -88,9 +89,9 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
         del model.zero_grad
     synchronize()
     end = time.perf_counter()
-    seconds = end - t0 - sum(h["seconds"] for h in selection.history[earlier:])
+    pauses = selection.history[earlier:] + saving.saves  # dev scorings of this run, checkpoints
     return TrainOutcome(
-        seconds=seconds,
+        seconds=end - t0 - sum(p["seconds"] for p in pauses),
         real_tokens=collator.real_tokens,
         padding_fraction=collator.padding_fraction,
         steps=result.global_step,
@@ -100,14 +101,16 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
         dev_history=selection.history,
         loss_curve=curve.points,
         resumed_from=resume.name if resume else None,
-        steady_tokens_per_second=None if resume else steady.rate(end, selection.history),
+        steady_tokens_per_second=None if resume else steady.rate(end, pauses),
         cuda_graphs=trainer.graphs.describe() if trainer.graphs else "",
+        checkpoint_seconds=saving.seconds,
+        first_steps_seconds=trainer.graphs.first_seconds if trainer.graphs else None,
     )
 
 
 @dataclass
 class TrainOutcome:
-    seconds: float  # training alone: dev scoring is timed on its own
+    seconds: float  # training alone: dev scoring and checkpoints are timed on their own
     real_tokens: int
     padding_fraction: float
     steps: int
@@ -119,6 +122,8 @@ class TrainOutcome:
     resumed_from: str | None = None  # the checkpoint a crashed run was continued from
     steady_tokens_per_second: float | None = None  # after the first steps (SteadyRate)
     cuda_graphs: str = ""  # how many batch shapes were captured, or why a capture failed
+    checkpoint_seconds: float = 0.0  # writing the epochs' checkpoints (not in ``seconds``)
+    first_steps_seconds: float | None = None  # of ``seconds``, the first step of each graphed shape and its capture
 
     @property
     def tokens_per_second(self) -> float:
