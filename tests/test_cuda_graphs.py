@@ -138,8 +138,8 @@ def test_replayed_steps_give_the_eager_gradients(qwen_dir, tmp_path, attention, 
         return loss.detach(), [p.grad.clone() for p in params]
 
     graphs = cuda_graphs.GraphedSteps(model)
-    if packed:  # rows of 20 and 192 positions, 8 and 16 segments
-        lengths = ([5, 9, 3], [20, 30, 7, 12, 2, 25, 11, 9, 14])
+    if packed:  # rows of 256 positions (the token budget), 16 and 32 segments (sentences and fillers)
+        lengths = ([5, 9, 3], [20, 30, 7, 12, 2, 25, 11, 9, 14] + [3] * 12)
         batches = [packed_batch(lengths[i % 2], i, built.tokenizer.pad_token_id, spec.train.max_length)
                    for i in range(5)]
     else:

@@ -224,11 +224,9 @@ class GraphedSteps:
         comes a dozen times a case: the synchronizations cost nothing to speak of)."""
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            torch.cuda.synchronize()
-            self.first_parts[part] = self.first_parts.get(part, 0.0) + time.perf_counter() - t0
+        yield  # a failed capture raises here: nothing is waited on, nor timed, after it
+        torch.cuda.synchronize()
+        self.first_parts[part] = self.first_parts.get(part, 0.0) + time.perf_counter() - t0
 
     @property
     def first_seconds(self) -> float:
