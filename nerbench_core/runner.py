@@ -186,8 +186,9 @@ def measure(built: Built, spec: ModelSpec, task, outcome, test, load_seconds: fl
         "train_tokens_per_second_steady": outcome.steady_tokens_per_second,
         "padding_fraction": outcome.padding_fraction,
         "dev_eval_seconds": sum(h["seconds"] for h in outcome.dev_history),
-        "checkpoint_seconds": outcome.checkpoint_seconds,
-        **({"graph_first_steps_seconds": outcome.first_steps_seconds} if outcome.first_steps_seconds is not None else {}),
+        "checkpoint_seconds": outcome.checkpoint_seconds,  # not in train_seconds
+        **({"graph_first_steps_seconds": outcome.first_steps_seconds}  # in train_seconds
+           if outcome.first_steps_seconds is not None else {}),
         "test_eval_seconds": test.seconds,
         "test_sentences_per_second": test.sentences_per_second,
         **({"test_generated_tokens_per_second": test.generated_tokens_per_second}

@@ -3,7 +3,9 @@
 # process must use one GPU: on two cards the Trainer once wrapped the model in DataParallel and failed), then a
 # synthetic benchmark case the same way, then the same case under -n with one worker per GPU.
 source docs/gpu/lib.sh
-step tests python -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_decoder.py \
+# test_seeded_dropout early: in one process, captures after the unsloth and torch.compile tests have failed
+# (docs/PERFORMANCE.md, section 6)
+step tests python -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_seeded_dropout.py tests/test_decoder.py \
   tests/test_lora_kernels.py tests/test_triton_kernels.py tests/test_measurement.py tests/test_saved_case.py tests/test_generative.py \
   tests/test_packing.py
 step bench-plain python -m pytest bench --synthetic --suite seed -k bert-base-cased --quick --rerun -p no:cacheprovider \

@@ -11,9 +11,9 @@ How:
 * :func:`pack` lays the batch out: ``input_ids``, ``labels`` and ``position_ids`` of shape (1, positions), the
   sentences' cumulative starts (``SEGMENTS``, int32) and a bound on their length (``LONGEST``, the spec's
   ``max_length``, which no training sentence passes: features.py splits longer ones into windows). Under CUDA graphs
-  the row is padded to the token budget (or up the graphs' length ladder, without one) with filler segments (pad tokens, no labels, each at most
-  ``LONGEST`` long and attending to itself), and the starts up to a power of two by empty segments, so that a few
-  shapes serve every batch.
+  the row is padded to the token budget (without one, up the graphs' length ladder) with filler segments (pad
+  tokens, no labels, each at most ``LONGEST`` long and attending to itself), and the starts up to a power of two by
+  empty segments, so that a few shapes serve every batch.
 * :func:`install` registers :func:`attention` with transformers' attention interface and sets the model to it. A
   batch with ``SEGMENTS`` (training) goes through the variable-length kernel; any other (prediction) through
   transformers' own SDPA function, unchanged.
