@@ -96,7 +96,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         measured = measure(built, spec, task, outcome, test, load_seconds, opts)
         measured.update(cost.peak_memory(), gpu_allocated_at_start_gib=held_at_start,
                         resumed_from=outcome.resumed_from, gpu_memory_cap_bytes=memory.cap_bytes,
-                        case_seconds=time.perf_counter() - t0)  # build, encoding, training, dev and test scoring
+                        case_seconds=time.perf_counter() - t0)  # build, encoding, training, scoring, checkpoints
         levers = accel.facts()
         if outcome.cuda_graphs:
             planned = levers["cuda_graphs"]["detail"]  # e.g. checkpointed layers with seeded dropout

@@ -8,7 +8,7 @@ import torch
 from transformers import DataCollatorForTokenClassification
 
 from nerbench_core.accel import packing
-from nerbench_core.accel.cuda_graphs import BatchShapes
+from nerbench_core.accel.cuda_graphs import BatchShapes, batch_shapes, bucket_length
 from nerbench_core.accel.memory import DeviceMemory
 from nerbench_core.accel.plan import plan
 from nerbench_core.training import batching
@@ -54,6 +54,10 @@ def test_a_packed_row_holds_the_sentences_with_positions_from_zero_and_fillers_a
         shaped, real = packing.pack([{"input_ids": [5] * n, "labels": [0] * n}], pad_id=0, longest=12,
                                     shapes=BatchShapes(4096, 12))
         assert real == n and shaped["input_ids"].shape == (1, 12) and shaped[packing.SEGMENTS].shape == (9,)
+    # a budget the batch size cannot fill (2 sentences of at most 12): to what they fill, up the ladder; a lone
+    # sentence over the budget: up the ladder from its length
+    assert BatchShapes(2, 100).packed_length(5, longest=12) == bucket_length(24) == 24
+    assert BatchShapes(4096, 12).packed_length(30, longest=32) == bucket_length(30) == 32
     with pytest.raises(ValueError, match="5 sub-tokens, over the 4 bound"):
         packing.pack([{"input_ids": [1] * 5, "labels": [0] * 5}], pad_id=0, longest=4)
 
@@ -246,13 +250,17 @@ def test_the_backward_buffer_is_flash_attentions_and_bounded_by_the_most_segment
     assert round(packing.buffer_bytes(qwen14b, 1024, 512) / 2**30, 2) == 1.27
     suite = TrainConfig(batch_size=4096, max_tokens_per_batch=1024, max_length=128)
     assert packing.backward_bytes(qwen14b, suite) == packing.buffer_bytes(qwen14b, 1024, 1024)  # a sub-token each
-    # a budget off the ladder: rows are padded to it; 32-sentence batches without a budget: up the ladder, 32
-    # sentences and a filler, 64 segments
+    # a budget off the ladder: rows are padded to it
     assert packing.backward_bytes(qwen14b, dataclasses.replace(suite, max_tokens_per_batch=1000)) == \
         packing.buffer_bytes(qwen14b, 1000, 1024)
-    # 32-sentence batches under a budget: 32 sentences and fillers of up to 1,023 positions in pieces of 128, 64
-    assert packing.backward_bytes(qwen14b, dataclasses.replace(suite, batch_size=32)) == \
-        packing.buffer_bytes(qwen14b, 1024, 64)
+    # 4-sentence batches under a budget they cannot fill: rows padded to 4 x 128; 4 sentences and fillers of up to
+    # 511 positions in pieces of 128, 8 segments
+    assert packing.backward_bytes(qwen14b, dataclasses.replace(suite, batch_size=4)) == \
+        packing.buffer_bytes(qwen14b, 512, 8)
+    # a lone sentence longer than the budget: its row up the ladder
+    assert packing.backward_bytes(qwen14b, dataclasses.replace(suite, max_tokens_per_batch=100)) == \
+        packing.buffer_bytes(qwen14b, 128, 128)
+    # 32-sentence batches without a budget: up the ladder, 32 sentences and a filler, 64 segments
     assert packing.backward_bytes(qwen14b, TrainConfig(batch_size=32, max_length=128)) == \
         packing.buffer_bytes(qwen14b, 32 * 128, 64)
     # head_dim rounded up as the kernel does: 80 takes 96 columns
@@ -260,6 +268,31 @@ def test_the_backward_buffer_is_flash_attentions_and_bounded_by_the_most_segment
     assert packing.buffer_bytes(odd, 10, 1) == 2 * (10 + 128) * 96 * 4
     assert packing.fits(qwen14b, suite, None) and packing.fits(qwen14b, suite, 2 * 10**9)
     assert packing.fits(qwen14b, suite, 3 * 10**9) is None
+
+
+def test_no_batch_the_sampler_makes_packs_into_a_row_past_the_bound():
+    """backward_bytes against every row the token-budget sampler's batches pack into, over random budgets, batch
+    sizes, max lengths (longer than the budget too) and sentence lengths."""
+    from transformers import Qwen2Config
+
+    from nerbench_core.specs import TrainConfig
+
+    config = Qwen2Config(hidden_size=64, num_attention_heads=2, num_key_value_heads=2)
+    rng = random.Random(0)
+    for trial in range(200):
+        budget = rng.choice([0, rng.randrange(8, 600)])
+        train = TrainConfig(batch_size=rng.randrange(1, 80), max_tokens_per_batch=budget,
+                            max_length=rng.randrange(4, 130))
+        lengths = [rng.randrange(1, train.max_length + 1) for _ in range(rng.randrange(1, 300))]
+        bound = packing.backward_bytes(config, train)
+        batches = (list(batching.TokenBudgetBatches(lengths, budget, train.batch_size, seed=trial)) if budget else
+                   [list(range(i, min(i + train.batch_size, len(lengths))))
+                    for i in range(0, len(lengths), train.batch_size)])
+        for batch in batches:
+            rows = [{"input_ids": [5] * lengths[i], "labels": [0] * lengths[i]} for i in batch]
+            packed, _ = packing.pack(rows, 0, train.max_length, batch_shapes(train))
+            positions, segments = packed["input_ids"].shape[1], packed[packing.SEGMENTS].shape[0] - 1
+            assert packing.buffer_bytes(config, positions, segments) <= bound, (trial, train, len(batch))
 
 
 @needs_cuda

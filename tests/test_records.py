@@ -155,12 +155,14 @@ def test_time_table_gives_each_case_its_share_of_the_suite():
     for case, seconds in (("small", 60.0), ("big", 180.0)):
         r = record(case, key=case)
         r.cost.update(load_seconds=2.0, train_seconds=seconds - 10, dev_eval_seconds=5.0, test_eval_seconds=1.5,
-                      case_seconds=seconds)
+                      case_seconds=seconds, checkpoint_seconds=0.5, graph_first_steps_seconds=seconds / 20)
         records.append(r)
     headers, rows = time_rows(records)
     share = {row[0]: row[headers.index("share")] for row in rows}
     assert share == {"big": "75%", "small": "25%", "all": "100%"}  # largest first, then the total
     assert rows[-1][headers.index("case s")] == "240.0 (4.0 min)"
+    assert [r[headers.index("first steps s")] for r in rows] == ["9.0", "3.0", ""]  # part of train s
+    assert [r[headers.index("checkpoints s")] for r in rows] == ["0.5", "0.5", ""]
 
 
 def test_records_name_the_commit_the_run_started_from(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from nerbench_core.training import callbacks
-from nerbench_core.training.callbacks import BestOnDev, CheckpointClock, LossCurve, SteadyRate
+from nerbench_core.training.callbacks import BestOnDev, CheckpointClock, LossCurve, Progress, SteadyRate
 
 
 class Collator:
@@ -51,6 +51,27 @@ def test_checkpoints_are_timed_apart_from_training_as_dev_scoring_is(monkeypatch
     assert clock.saves == [{"step": 10, "seconds": 4.0}, {"step": 20, "seconds": 4.0}] and clock.seconds == 8.0
     assert steady.rate(now[0], dev_history + clock.saves) == pytest.approx(100.0)  # steps 4-20: 1,700 tokens, 17 s
     assert steady.rate(now[0], dev_history) < 100.0  # with the checkpoints counted as training
+
+
+def test_the_time_left_leaves_out_the_first_steps_that_do_not_recur(monkeypatch):
+    """A 7B's first step in a fresh process took about 9 s (Triton's compilations, the first capture) and the next
+    70 ms each: the first progress line said 26 minutes left of a 90-second run. The one-off seconds are left out."""
+    now = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: now[0])
+    events, one_off = [], [0.0, 0]
+    progress = Progress(events.append, SimpleNamespace(real_tokens=0), every=10.0, one_off=lambda: tuple(one_off))
+    progress.on_train_begin(SimpleNamespace(num_train_epochs=3), SimpleNamespace(global_step=0, max_steps=915), None)
+    for step in range(1, 16):
+        took = 8.0 if step == 1 else 0.25
+        now[0] += took
+        if step in (1, 8):  # two shapes' first steps
+            one_off[0] += took
+            one_off[1] += 1
+        progress.on_step_end(None, SimpleNamespace(global_step=step, max_steps=915, epoch=0.0), None)
+    step = [e for e in events if e["event"] == "step"][0]
+    assert step["step"] == 9  # 10 s in: 8 + 8 x 0.25
+    assert step["eta_seconds"] == pytest.approx(0.25 * 906)  # the 7 other steps' time each, 906 to go
+    assert Progress(events.append, SimpleNamespace(real_tokens=0)).one_off() == (0.0, 0)  # without graphs
 
 
 def test_a_nan_loss_stops_the_case_with_its_reason():

@@ -67,11 +67,14 @@ class BatchShapes:
     def length(self, n: int) -> int:
         return bucket_length(n)
 
-    def packed_length(self, n: int) -> int:
-        """The length a packed row of ``n`` real positions is padded to: the token budget, where batches have one and
-        the row is within it (packed rows are cut under the budget by their real tokens, so one length serves them
-        all, where the ladder gave several, each a capture of its own); else up the ladder."""
-        return self.max_tokens if self.max_tokens and n <= self.max_tokens else self.length(n)
+    def packed_length(self, n: int, longest: int) -> int:
+        """The length a packed row of ``n`` real positions, sentences of at most ``longest``, is padded to: the token
+        budget, where batches have one (packed rows are cut under it by their real tokens, so one length serves them
+        all, where the ladder gave several, each a capture of its own), or what the batch size's longest sentences
+        fill, up the ladder, where that is less; up the ladder from ``n`` for a row past it (a lone sentence longer
+        than the budget) or without a budget."""
+        fullest = self.max_tokens and min(self.max_tokens, self.length(self.max_rows * longest))
+        return fullest if fullest and n <= fullest else self.length(n)
 
     @staticmethod
     def segments(n: int) -> int:
@@ -105,8 +108,9 @@ class BatchShapes:
         return out
 
 
-def batch_shapes(spec) -> BatchShapes:
-    return BatchShapes(spec.train.batch_size, spec.train.max_tokens_per_batch or None)
+def batch_shapes(train) -> BatchShapes:
+    """The shapes of ``train``'s batches (a spec's TrainConfig)."""
+    return BatchShapes(train.batch_size, train.max_tokens_per_batch or None)
 
 
 def eager_step(loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -231,6 +235,11 @@ class GraphedSteps:
     @property
     def first_seconds(self) -> float:
         return sum(self.first_parts.values())
+
+    @property
+    def first_steps(self) -> int:
+        """The steps trained as a shape's first (captured or not)."""
+        return len(self.graphs) + (1 if self.failed else 0)
 
     def describe(self) -> str:
         if self.failed:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cuda_graphs import BatchShapes
+from .cuda_graphs import BatchShapes, batch_shapes
 from .memory import tokens_per_step
 from .rope import modeling_module, transformers_function
 
@@ -64,7 +64,7 @@ def pack(features: list[dict], pad_id: int, longest: int, shapes: BatchShapes | 
                              f"{longest} bound (max_length)")
         add(list(f["input_ids"]), list(f["labels"]))
     real = len(ids)
-    filler = (shapes.packed_length(real) if shapes else real) - real
+    filler = (shapes.packed_length(real, longest) if shapes else real) - real
     while filler > 0:
         n = min(filler, longest)
         add([pad_id] * n, [-100] * n)
@@ -158,11 +158,14 @@ def buffer_bytes(config, positions: int, segments: int) -> int:
 
 
 def backward_bytes(config, train) -> int:
-    """:func:`buffer_bytes` for the largest row ``train``'s batches can make: the token budget (or batch size x
-    max_length up the graphs' ladder), and the most segments it can hold, padded to a power of two (at most the
-    batch size plus the fillers', at most its positions: a segment has one at least)."""
-    shapes = BatchShapes(train.batch_size, train.max_tokens_per_batch or None)
-    positions = shapes.packed_length(tokens_per_step(train))
+    """:func:`buffer_bytes` for the largest row ``train``'s batches can make: the length rows are padded to
+    (:meth:`BatchShapes.packed_length`; a lone sentence over the budget up the ladder), and the most segments it can
+    hold, padded to a power of two (at most the batch size plus the fillers', at most its positions: a segment has one
+    at least)."""
+    shapes = batch_shapes(train)
+    fullest = min(tokens_per_step(train), train.batch_size * train.max_length)  # real positions a row holds at most
+    # the length such rows are padded to, or a lone sentence's longer than the budget
+    positions = max(shapes.packed_length(fullest, train.max_length), shapes.length(train.max_length))
     # the filler, in pieces of max_length: up to the budget, all but one position; up the ladder, under 64
     filler = positions - 1 if shapes.max_tokens else 63
     fillers = -(-filler // train.max_length)

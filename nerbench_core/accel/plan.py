@@ -56,7 +56,7 @@ class AccelPlan:
         return self.cuda_graphs.on and self.gradient_checkpointing.on
 
     def batch_shapes(self, spec) -> cuda_graphs.BatchShapes | None:
-        return cuda_graphs.batch_shapes(spec) if self.cuda_graphs.on else None
+        return cuda_graphs.batch_shapes(spec.train) if self.cuda_graphs.on else None
 
     def packed_longest(self, spec) -> int | None:
         """The bound on a packed sentence's length (no training sentence is longer than max_length), or None where

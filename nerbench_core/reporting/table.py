@@ -335,8 +335,9 @@ def render_cost(records: list[RunRecord], baseline: str | None = None, fmt: str 
 TIME_COLUMNS: list[Column] = [
     Column("build s", _fixed("load_seconds", 1), ("time",)),
     Column("train s", _fixed("train_seconds", 1), ("time",)),
-    # of training's time: each CUDA graph shape's first step, trained eagerly, and its capture
-    Column("captures s", _fixed("graph_first_steps_seconds", 1), ("time",)),
+    # of training's time: each CUDA graph shape's first step, trained eagerly (in a fresh process with Triton's
+    # compilations), and its capture
+    Column("first steps s", _fixed("graph_first_steps_seconds", 1), ("time",)),
     Column("dev eval s", _fixed("dev_eval_seconds", 1), ("time",)),
     Column("checkpoints s", _fixed("checkpoint_seconds", 1), ("time",)),
     Column("test eval s", _fixed("test_eval_seconds", 1), ("time",)),
@@ -345,8 +346,9 @@ TIME_COLUMNS: list[Column] = [
 
 
 def time_rows(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
-    """Where a suite's time went, per case: model build, training, dev and test scoring, and the case's share of
-    the summed case times (the time the suite takes one case after another on one device)."""
+    """Where a suite's time went, per case: model build, training (of it, the graph shapes' first steps), dev
+    scoring, checkpoints, test scoring, and the case's share of the summed case times (the time the suite takes one
+    case after another on one device)."""
     rows = sorted((Row([r]) for r in records), key=lambda row: -(row.cost("case_seconds") or 0))
     total = sum(row.cost("case_seconds") or 0 for row in rows)
     share = Column("share", lambda r: f"{100 * r.cost('case_seconds') / total:.0f}%" if total and r.cost("case_seconds")

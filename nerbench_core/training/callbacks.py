@@ -117,8 +117,9 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
 
 class CheckpointClock(TrainerCallback):
     """Times the Trainer's checkpoint at each epoch's end (the adapter, optimizer and selection written to disk), from
-    the end of dev scoring to the last file, so that training's time and rate leave it out as they leave out dev
-    scoring. Goes after :class:`BestOnDev` in the callbacks: its on_epoch_end scores dev, its on_save writes last."""
+    the epoch's end callbacks before it (dev scoring, the best epoch's weights copied) to the last file, so that
+    training's time and rate leave it out as they leave out dev scoring. Goes after :class:`BestOnDev` in the
+    callbacks: its on_epoch_end scores dev, its on_save writes last."""
 
     def __init__(self):
         self.saves: list[dict] = []  # {"step", "seconds"}, as BestOnDev's history
@@ -129,6 +130,7 @@ class CheckpointClock(TrainerCallback):
         return sum(s["seconds"] for s in self.saves)
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        synchronize()  # queued steps are training's (BestOnDev waits for them too, unless it scored this step already)
         self._since = time.perf_counter()
 
     def on_save(self, args, state, control, **kwargs):
@@ -167,7 +169,8 @@ class SteadyRate(TrainerCallback):
         if self.mark is None:
             return None
         mark_time, mark_tokens = self.mark
-        seconds = end - mark_time - sum(p["seconds"] for p in pauses if p["step"] > self.warmup)
+        # a pause at the warm-up's last step (an epoch's end) comes after the mark, taken at that step's end
+        seconds = end - mark_time - sum(p["seconds"] for p in pauses if p["step"] >= self.warmup)
         tokens = self.collator.real_tokens - mark_tokens
         return tokens / seconds if seconds > 0 and tokens > 0 else None
 
@@ -175,10 +178,15 @@ class SteadyRate(TrainerCallback):
 class Progress(TrainerCallback):
     """Live progress events while a case trains: step of total, loss, tokens/s and the time left, at most every
     ``every`` seconds and at each epoch's end (dev F1 comes from :class:`BestOnDev`). ``report`` takes each event
-    (a dict) to wherever the run shows it: the terminal, or a file the pytest-xdist controller reads."""
+    (a dict) to wherever the run shows it: the terminal, or a file the pytest-xdist controller reads.
 
-    def __init__(self, report: Callable[[dict], None], collator: CountingCollator, every: float = 10.0):
-        self.report, self.collator, self.every = report, collator, every
+    ``one_off`` gives the seconds and steps of training so far that later steps will not repeat (each CUDA graph
+    shape's first step, which in a fresh process includes Triton's compilations: about 9 s for the 7B's first), left
+    out of the time left: the 7B's first line said 26 minutes left of a 90-second run."""
+
+    def __init__(self, report: Callable[[dict], None], collator: CountingCollator, every: float = 10.0,
+                 one_off: Callable[[], tuple[float, int]] = lambda: (0.0, 0)):
+        self.report, self.collator, self.every, self.one_off = report, collator, every, one_off
         self.start = self.last = 0.0
         self.loss: float | None = None
         self.first_step = 0
@@ -202,11 +210,12 @@ class Progress(TrainerCallback):
 
     def _event(self, state, kind: str) -> dict:
         elapsed = time.perf_counter() - self.start - self.paused
-        done = state.global_step - self.first_step
         left = state.max_steps - state.global_step
+        once_seconds, once_steps = self.one_off()
+        recurring = state.global_step - self.first_step - once_steps  # steps like the ones left
         return {"event": kind, "step": state.global_step, "steps": state.max_steps, "epoch": round(state.epoch or 0, 2),
                 "loss": self.loss, "tokens_per_second": self.collator.real_tokens / elapsed if elapsed > 0 else None,
-                "eta_seconds": elapsed / done * left if done else None}
+                "eta_seconds": max(0.0, elapsed - once_seconds) / recurring * left if recurring > 0 else None}
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()

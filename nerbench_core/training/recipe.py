@@ -53,6 +53,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     collator = CountingCollator(tokenizer, shapes, packed_longest)
     dataset = ListDataset(train_split)
     batches = token_budget_batches(spec, dataset.lengths, None if packed_longest else shapes)
+    graphs = GraphedSteps(model, seed) if accel.cuda_graphs.on else None  # the steps replayed, where planned
 
     # 2. what is watched while it trains: dev selection, the loss, the rate after warm-up, progress, the profiler
     selection = BestOnDev(evaluate_dev, collator, by_f1=select_on_dev, report=report)
@@ -60,7 +61,9 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     steady = SteadyRate(collator)
     saving = CheckpointClock()
     # progress first: an epoch's line comes before its dev scoring's; the checkpoint's clock after dev scoring
-    callbacks = ([Progress(report, collator)] if report is not None else []) + [selection, saving, curve, steady]
+    one_off = (lambda: (graphs.first_seconds, graphs.first_steps)) if graphs else (lambda: (0.0, 0))  # shapes' firsts
+    progress = [Progress(report, collator, one_off=one_off)] if report is not None else []
+    callbacks = progress + [selection, saving, curve, steady]
     if profile is not None:  # under CUDA graphs, replayed steps: by step 40 most batch shapes have been captured
         callbacks.append(ProfileSteps(profile, first=40 if accel.cuda_graphs.on else 4))
 
@@ -68,7 +71,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     args = training_arguments(spec, accel, output_dir, steps_per_epoch(spec, dataset.lengths, batches), checkpoints,
                               report_to)
     trainer = NerTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks,
-                         batches=batches, graphs=GraphedSteps(model, seed) if accel.cuda_graphs.on else None)
+                         batches=batches, graphs=graphs)
 
     # 4. continue an interrupted run from its last complete epoch, or start clean
     resume = last_complete_checkpoint(output_dir) if checkpoints else None
@@ -102,9 +105,9 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
         loss_curve=curve.points,
         resumed_from=resume.name if resume else None,
         steady_tokens_per_second=None if resume else steady.rate(end, pauses),
-        cuda_graphs=trainer.graphs.describe() if trainer.graphs else "",
+        cuda_graphs=graphs.describe() if graphs else "",
         checkpoint_seconds=saving.seconds,
-        first_steps_seconds=trainer.graphs.first_seconds if trainer.graphs else None,
+        first_steps_seconds=graphs.first_seconds if graphs else None,
     )
 
 
