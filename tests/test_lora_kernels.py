@@ -136,6 +136,81 @@ def test_fused_lora_follows_the_spec(qwen_dir, tmp_path):
     assert all("forward" not in vars(layer) for layer in lora_kernels.lora_linears(built.model))
 
 
+def test_the_lora_side_stream_follows_the_spec_and_the_graphs(qwen_dir, tmp_path):
+    spec = spec_for(qwen_dir, method="lora")
+    built = build(spec, ["O"], tmp_path)
+
+    def lever(**train):
+        return plan(dataclasses.replace(spec, train=dataclasses.replace(spec.train, **train)), built, DeviceMemory()
+                    ).lora_side_stream
+
+    assert (lever(lora_side_stream=False).on, lever(lora_side_stream=False).why) == (False, "not asked for")
+    assert lever(fused_lora=False).why == "needs fused LoRA"
+    assert lever(cuda_graphs=False).why == "needs CUDA graphs"  # eager steps would fork and join from Python
+    assert (lever().on, lever().why) == ((True, "asked for") if torch.cuda.is_available() else
+                                         (False, "needs CUDA graphs"))
+
+
+def test_outside_a_capture_the_side_branch_runs_on_the_current_stream():
+    """Eager steps, prediction and CPU tensors: no fork, no join (the branch is the plain code path)."""
+    branch = lora_kernels.SideBranch("a stream", torch.zeros(1))  # a CPU tensor: never a capture
+    with branch:
+        pass
+    assert branch.side is None and branch.mark() is None
+    branch.wait_for(None), branch.join()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_captured_projection_with_a_side_stream_gives_the_eager_numbers(qwen_dir, tmp_path, dropout, monkeypatch):
+    """One fused projection, forward and backward, captured into a CUDA graph with its LoRA branch on a side stream
+    and replayed: its output and gradients are the eager call's (seeded masks: the same draws in both)."""
+    spec = spec_for(qwen_dir, method="lora")
+    layer = lora_kernels.lora_linears(build(spec, ["O"], tmp_path).model)[0]
+    base, name = layer.get_base_layer().float(), layer.active_adapters[0]
+    torch.nn.init.normal_(layer.lora_B[name].weight)
+    a, b, s = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+    frozen = lora_kernels.FrozenWeight(base)
+    seed = DropoutSeed(a.device)
+    seed.value.fill_(5)
+    x = torch.randn(37, base.in_features, device=a.device, requires_grad=True)
+    gy = torch.randn(37, base.out_features, device=a.device)
+    side = torch.cuda.Stream(a.device)
+    lora_kernels.SideBranch.warm_up(side)
+    forks = []
+    enter = lora_kernels.SideBranch.__enter__
+    monkeypatch.setattr(lora_kernels.SideBranch, "__enter__", lambda self: forks.append(self.side) or enter(self))
+
+    def step():
+        for t in (x, a, b):
+            t.grad = None
+        y = lora_kernels.LoraProjection.apply(x, a, b, frozen, s, dropout, torch.float32, seed.value, 3, True, side)
+        y.backward(gy)
+        return y.detach().clone(), [t.grad.clone() for t in (x, a, b)]
+
+    want_y, want = step()  # eager: no capture, so no fork
+    assert forks == [None, None]
+    stream = torch.cuda.Stream(a.device)
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for t in (x, a, b):
+            t.grad = torch.zeros_like(t)  # at fixed addresses: the graph accumulates into them
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            y = lora_kernels.LoraProjection.apply(x, a, b, frozen, s, dropout, torch.float32, seed.value, 3, True,
+                                                  side)
+            y.backward(gy)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert forks[2:] == [side, side]  # forward and backward forked while captured
+    for t in (x, a, b):
+        t.grad.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, want_y)
+    for got, expected in zip((x.grad, a.grad, b.grad), want):
+        torch.testing.assert_close(got, expected)
+
+
 def test_block_scales_kept_or_not_give_the_same_weight(qwen_dir, tmp_path):
     spec = spec_for(qwen_dir)  # qlora: NF4 with double quantization
     bases = [layer.get_base_layer() for layer in lora_kernels.lora_linears(build(spec, ["O"], tmp_path).model)]
