@@ -44,8 +44,6 @@ VARIANTS = {
                    ["--backend", "hf", "--set", "fused_rope=false"]),
     "torch-lora-backward": ("the default with torch's LoRA input gradient (fused_lora_backward off)",
                             ["--backend", "hf", "--set", "fused_lora_backward=false"]),
-    "lora-one-stream": ("the default with each LoRA branch on the step's own stream (lora_side_stream off)",
-                        ["--backend", "hf", "--set", "lora_side_stream=false"]),
     "padded": ("the default with padded batches (packed_sequences off)",
                ["--backend", "hf", "--set", "packed_sequences=false"]),
     "no-liger": ("the default without liger-kernel's fused RMSNorm and SwiGLU", ["--backend", "hf", "--set", "fused_kernels=false"]),

@@ -67,10 +67,6 @@ class TrainConfig:
     # With fused_lora, on CUDA: the LoRA input gradient's product with the dropout mask added into the gradient by one
     # Triton kernel (accel/triton_kernels.py), where torch ran a matmul and two elementwise passes.
     fused_lora_backward: bool = True
-    # With fused_lora, in steps captured into CUDA graphs: each projection's LoRA branch (dropout, the adapter's small
-    # matmuls and their gradients) runs on a second stream beside the frozen weight's matmul, where the one GPU stream
-    # ran them one after the other (small kernels that leave most of the GPU idle). The same kernels and arithmetic.
-    lora_side_stream: bool = True
     # Rotary position embeddings of q and k as one Triton kernel each, forward and backward (accel/rope.py), where
     # the model's modeling module has the standard rotation (Qwen2, Llama, ...) and on CUDA; transformers' own
     # elementwise chain elsewhere.

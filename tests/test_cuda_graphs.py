@@ -118,7 +118,6 @@ def test_replayed_steps_give_the_eager_gradients(qwen_dir, tmp_path, attention, 
     accel = planned(spec, built)
     if packed and not accel.packed_sequences.on:
         pytest.skip(f"packed sequences off: {accel.packed_sequences.why}")
-    assert accel.lora_side_stream.on  # the captures fork each LoRA branch onto a second stream
     model = built.model
     without_dropout(model)  # the head's dropout too: eager and replayed steps draw different masks
     torch.manual_seed(0)

@@ -1,12 +1,10 @@
-"""GPU time of nerbench's Triton kernels against the torch operations they replace, and of a fused LoRA projection
-with its LoRA branch on one stream or two, at the seed decoders' shapes
+"""GPU time of nerbench's Triton kernels against the torch operations they replace, at the seed decoders' shapes
 (a 1,024-token batch): each side recorded in a CUDA graph of 20 repetitions and replayed, so that launches do not
 count. Run on a GPU machine: python docs/gpu/kernel_times.py (docs/PERFORMANCE.md quotes it)."""
 import torch
 import triton
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from nerbench_core.accel import lora_kernels
 from nerbench_core.accel import triton_kernels as tk
 
 REPEATS = 20
@@ -55,26 +53,6 @@ def lora_grad_times(tokens: int, n: int, r: int = 16, p: float = 0.05):
             "kernel, seeded mask": gpu_ms(lambda: tk.masked_lora_grad_(gx, gd, a, p, seed=seed, salt=3, salts=4096))}
 
 
-def projection_times(tokens: int, n_in: int, n_out: int, r: int = 16, p: float = 0.05):
-    """One fused LoRA projection's forward and backward (bf16, the weight kept dequantized, torch's dropout masks, the
-    input-gradient kernel), its LoRA branch on the step's stream or on a side stream (lora_side_stream)."""
-    dt, dev = torch.bfloat16, "cuda"
-    base = torch.nn.Linear(n_in, n_out, bias=False, device=dev, dtype=dt).requires_grad_(False)
-    frozen = lora_kernels.FrozenWeight(base)
-    a = (torch.randn(r, n_in, device=dev) * 0.01).requires_grad_()
-    b = torch.randn(n_out, r, device=dev).requires_grad_()
-    x = torch.randn(tokens, n_in, dtype=dt, device=dev, requires_grad=True)
-    gy = torch.randn(tokens, n_out, dtype=dt, device=dev)
-    side = torch.cuda.Stream()
-    lora_kernels.SideBranch.warm_up(side)
-
-    def run(stream):
-        y = lora_kernels.LoraProjection.apply(x, a, b, frozen, 2.0, p, dt, None, 0, True, stream)
-        y.backward(gy)
-
-    return {"one stream": gpu_ms(lambda: run(None)), "side stream": gpu_ms(lambda: run(side))}
-
-
 def rotary_times(rows: int, positions: int, heads: int, dim: int):
     dt, dev = torch.bfloat16, "cuda"
     q = torch.randn(rows, positions, heads, dim, dtype=dt, device=dev).transpose(1, 2)
@@ -102,10 +80,6 @@ def main():
                     ("0.5B down input", 2816)):
         print(f"LoRA input gradient, 1,024 tokens, {name} ({n}):",
               ", ".join(f"{k} {v * 1000:.1f} us" for k, v in lora_grad_times(1024, n).items()))
-    for name, n_in, n_out in (("7B q", 4096, 4096), ("7B gate", 4096, 11008), ("7B down", 11008, 4096),
-                              ("0.5B q", 1024, 1024), ("0.5B gate", 1024, 2816), ("0.5B down", 2816, 1024)):
-        print(f"LoRA projection forward + backward, 1,024 tokens, {name} ({n_in} -> {n_out}):",
-              ", ".join(f"{k} {v * 1000:.1f} us" for k, v in projection_times(1024, n_in, n_out).items()))
     for name, heads, dim in (("7B", 32, 128), ("0.5B", 16, 64)):
         print(f"RoPE of q and k, 32 x 32 positions, {name} ({heads} heads of {dim}):",
               ", ".join(f"{k} {v * 1000:.1f} us" for k, v in rotary_times(32, 32, heads, dim).items()))

@@ -103,92 +103,35 @@ def keep_weights(setting: bool | str, bases: list[nn.Module], dtype: torch.dtype
     return room is not None and need <= room
 
 
-_NONE = (None,) * 8  # no gradients for LoraProjection's other arguments (frozen weight, scaling, ...)
-
-
-class SideBranch:
-    """The LoRA branch of a projection on a second stream, beside the frozen weight's matmul on the step's own stream
-    (``lora_side_stream``): the adapter's kernels are small (rank 16) and leave most of the GPU idle, the frozen
-    weight's matmul often does too (the 0.5B's 1,024 x 1,024 tiles fill half an H200), and one stream runs them one
-    after the other. Only while a CUDA graph is being captured: the graph records the streams' order once, and its
-    replays run both; eager steps and prediction stay on one stream.
-
-    The branch waits for what the step's stream has queued (its inputs), the step's stream for the branch before it
-    uses the branch's results. Memory is safe without ``record_stream``: a block the branch allocated goes back to
-    the branch's stream when freed, and the branch's next work first waits for everything queued on the step's
-    stream by then, every use of that block included."""
-
-    @staticmethod
-    def warm_up(stream: "torch.cuda.Stream") -> None:
-        """cuBLAS's handle and workspace for ``stream``, made before a capture needs them (lazy initializations do
-        not belong in a graph, torch's CUDA graph notes)."""
-        with torch.cuda.stream(stream):
-            x = torch.ones(16, 16, device=stream.device)
-            torch.mm(x, x)
-        torch.cuda.current_stream(stream.device).wait_stream(stream)
-
-    def __init__(self, stream: "torch.cuda.Stream | None", like: torch.Tensor):
-        capturing = stream is not None and like.is_cuda and torch.cuda.is_current_stream_capturing()
-        self.side = stream if capturing else None
-        self.main = torch.cuda.current_stream(like.device) if capturing else None
-
-    def __enter__(self):
-        if self.side is None:
-            return self
-        self.side.wait_stream(self.main)
-        self._on = torch.cuda.stream(self.side)
-        self._on.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.side is not None:
-            self._on.__exit__(*exc)
-
-    def mark(self):
-        """An event after the branch's work so far (inside the branch), for :meth:`wait_for`."""
-        return self.side.record_event() if self.side is not None else None
-
-    def wait_for(self, event) -> None:
-        """The step's stream waits for the branch's work up to ``event``."""
-        if event is not None:
-            self.main.wait_event(event)
-
-    def join(self) -> None:
-        """The step's stream waits for all of the branch's work."""
-        if self.side is not None:
-            self.main.wait_stream(self.side)
+_NONE = (None,) * 7  # no gradients for LoraProjection's other arguments (frozen weight, scaling, ...)
 
 
 class LoraProjection(torch.autograd.Function):
     """``y = x W^T + b + s * dropout(x) A^T B^T`` with W (and b) frozen; gradients for x, A and B.
 
     Everything is computed in the compute dtype ``dtype`` (autocast's under the Trainer's bf16), as peft's layer
-    does under autocast; the gradients of A and B come back in their own (float32) dtype. With a ``side_stream``, in
-    a captured step, the LoRA branch runs beside the frozen weight's matmul (:class:`SideBranch`).
+    does under autocast; the gradients of A and B come back in their own (float32) dtype.
     """
 
     @staticmethod
     def forward(ctx, x, lora_a, lora_b, frozen: FrozenWeight, scaling: float, dropout: float, dtype: torch.dtype,
-                seed: torch.Tensor | None = None, salt: int = 0, kernel_grad: bool = False,
-                side_stream: "torch.cuda.Stream | None" = None):
+                seed: torch.Tensor | None = None, salt: int = 0, kernel_grad: bool = False):
         x = x.to(dtype)
-        ctx.seeded = (seed, salt) if dropout and seed is not None else None
-        with SideBranch(side_stream, x) as branch:
-            a, b = lora_a.to(dtype), lora_b.to(dtype)
-            if ctx.seeded:  # the mask a function of (seed, salt): drawn again, not kept (seeded_dropout.py)
-                dropped, mask = seeded_dropout(x, dropout, seed, salt), None
-            elif dropout:
-                dropped, mask = torch.native_dropout(x, dropout, True)
-            else:
-                dropped, mask = x, None
-            down = F.linear(dropped, a)  # (..., r)
+        a, b = lora_a.to(dtype), lora_b.to(dtype)
         out = F.linear(x, frozen.weight(dtype), frozen.bias(dtype))
-        branch.join()
+        ctx.seeded = (seed, salt) if dropout and seed is not None else None
+        if ctx.seeded:  # the mask a function of (seed, salt): drawn again, not kept (seeded_dropout.py)
+            dropped, mask = seeded_dropout(x, dropout, seed, salt), None
+        elif dropout:
+            dropped, mask = torch.native_dropout(x, dropout, True)
+        else:
+            dropped, mask = x, None
+        down = F.linear(dropped, a)  # (..., r)
         flat = out.view(-1, out.shape[-1])
         flat.addmm_(down.view(-1, down.shape[-1]), b.t(), alpha=scaling)
         ctx.save_for_backward(dropped, down, a, b, mask)
         ctx.frozen, ctx.scaling, ctx.dropout, ctx.dtype, ctx.kernel_grad = frozen, scaling, dropout, dtype, kernel_grad
-        ctx.dtypes, ctx.side_stream = (lora_a.dtype, lora_b.dtype), side_stream
+        ctx.dtypes = (lora_a.dtype, lora_b.dtype)
         return out
 
     @staticmethod
@@ -196,16 +139,13 @@ class LoraProjection(torch.autograd.Function):
         dropped, down, a, b, mask = ctx.saved_tensors
         s = ctx.scaling
         g = grad.to(ctx.dtype).reshape(-1, grad.shape[-1])  # (N, out)
-        with SideBranch(ctx.side_stream, g) as branch:  # the adapter's gradients beside the input gradient's matmul
-            grad_down = torch.mm(g, b).mul_(s)  # (N, r): d loss / d (dropout(x) A^T)
-            grad_down_ready = branch.mark()
-            grad_b = torch.mm(g.t(), down.reshape(-1, down.shape[-1])).mul_(s).to(ctx.dtypes[1])  # (out, r)
-            grad_a = torch.mm(grad_down.t(), dropped.reshape(-1, dropped.shape[-1])).to(ctx.dtypes[0])  # (r, in)
+        down2 = down.reshape(-1, down.shape[-1])  # (N, r)
+        grad_down = torch.mm(g, b).mul_(s)  # (N, r): d loss / d (dropout(x) A^T)
+        grad_b = torch.mm(g.t(), down2).mul_(s).to(ctx.dtypes[1])  # (out, r)
+        grad_a = torch.mm(grad_down.t(), dropped.reshape(-1, dropped.shape[-1])).to(ctx.dtypes[0])  # (r, in)
         if not ctx.needs_input_grad[0]:  # the first layer's input (frozen embeddings)
-            branch.join()
             return None, grad_a, grad_b, *_NONE
         grad_x = torch.mm(g, ctx.frozen.weight(ctx.dtype))  # (N, in)
-        branch.wait_for(grad_down_ready)
         if not ctx.dropout:
             grad_x.addmm_(grad_down, a)
         elif ctx.kernel_grad and grad_x.is_cuda:  # product, mask and add in one pass over grad_x (fused_lora_backward)
@@ -218,7 +158,6 @@ class LoraProjection(torch.autograd.Function):
             grad_x.add_(seeded_dropout(torch.mm(grad_down, a), ctx.dropout, *ctx.seeded))
         else:
             grad_x.add_(torch.mm(grad_down, a).mul_(mask.reshape(grad_x.shape)), alpha=1.0 / (1.0 - ctx.dropout))
-        branch.join()
         return grad_x.view(*grad.shape[:-1], grad_x.shape[-1]), grad_a, grad_b, *_NONE
 
 
@@ -273,7 +212,7 @@ def fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     seed, salt = self.nerbench_dropout_seed or (None, 0)
     return LoraProjection.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.nerbench_frozen,
                                 self.scaling[name], p, compute_dtype_for(x), seed.value if seed else None, salt,
-                                self.nerbench_kernel_grad, self.nerbench_side_stream)
+                                self.nerbench_kernel_grad)
 
 
 def lora_linears(model: nn.Module) -> list[nn.Module]:
@@ -291,15 +230,13 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
 
 
 def install(model: nn.Module, keep_weight: torch.dtype | None = None, keep_block_scales: bool = True,
-            dropout_seed: DropoutSeed | None = None, kernel_grad: bool = False,
-            side_stream: "torch.cuda.Stream | None" = None) -> int:
+            dropout_seed: DropoutSeed | None = None, kernel_grad: bool = False) -> int:
     """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many. With
     ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`); else, with
     ``keep_block_scales``, their block scales are (accel.plan decides both). With ``dropout_seed``, their dropout
     masks are keyed by that step seed and the projection's number (seeded_dropout.py). With ``kernel_grad`` (CUDA),
     the input gradient's LoRA product goes through the dropout mask and into the gradient in one Triton kernel
-    (triton_kernels.masked_lora_grad_) instead of a matmul and two elementwise passes. With ``side_stream`` (CUDA),
-    steps captured into CUDA graphs run each LoRA branch on that stream (:class:`SideBranch`)."""
+    (triton_kernels.masked_lora_grad_) instead of a matmul and two elementwise passes."""
     layers = fused_layers(model)
     keep = keep_weight is None and keep_block_scales
     if dropout_seed is not None and len(layers) > MAX_SALTS:
@@ -308,9 +245,6 @@ def install(model: nn.Module, keep_weight: torch.dtype | None = None, keep_block
         layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep, keep_weight)
         layer.nerbench_dropout_seed = (dropout_seed, salt) if dropout_seed is not None else None
         layer.nerbench_kernel_grad = kernel_grad
-        layer.nerbench_side_stream = side_stream
-    if side_stream is not None and layers:
-        SideBranch.warm_up(side_stream)
         layer.forward = types.MethodType(fused_forward, layer)
     return len(layers)
 

@@ -35,7 +35,6 @@ class AccelPlan:
     torch_compile: Lever  # regional torch.compile of the repeated layers
     fused_lora: Lever  # each LoRA projection as one autograd function
     fused_lora_backward: Lever  # its input gradient through the dropout mask in one Triton kernel
-    lora_side_stream: Lever  # in captured steps, its LoRA branch on a second stream beside the frozen weight's matmul
     fused_rope: Lever  # q and k's rotary embedding in one Triton kernel each
     keep_dequantized: Lever  # the frozen 4-bit weights dequantized once and kept
     block_scales: Lever  # or only their block scales (double quantization), where the weights are not kept
@@ -75,13 +74,11 @@ def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
     fused = case.fused_lora()
     keep = case.keep_dequantized(fused)
     checkpointing = case.gradient_checkpointing(keep)
-    graphs = case.cuda_graphs(checkpointing, fused)
     return AccelPlan(liger=case.liger(), torch_compile=case.torch_compile(), fused_lora=fused,
-                     fused_lora_backward=case.fused_lora_backward(fused),
-                     lora_side_stream=case.lora_side_stream(fused, graphs), fused_rope=case.fused_rope(),
+                     fused_lora_backward=case.fused_lora_backward(fused), fused_rope=case.fused_rope(),
                      keep_dequantized=keep,
                      block_scales=case.block_scales(fused, keep), gradient_checkpointing=checkpointing,
-                     cuda_graphs=graphs, packed_sequences=case.packed_sequences(keep),
+                     cuda_graphs=case.cuda_graphs(checkpointing, fused), packed_sequences=case.packed_sequences(keep),
                      sdpa_without_cudnn=case.sdpa(),
                      graphed_generation=case.graphed_generation(), free_bytes=case.free)
 
@@ -152,13 +149,6 @@ class _Case:
 
             if self.spec.lora.r > MAX_RANK:
                 why = f"LoRA rank over {MAX_RANK}"
-        return Lever(why is None, why or "asked for")
-
-    def lora_side_stream(self, fused: Lever, graphs: Lever) -> Lever:
-        """Only in captured steps: there the streams' order is recorded once; eager steps would pay the host for every
-        fork and join."""
-        why = self.not_ours(self.t.lora_side_stream) or ("needs fused LoRA" if not fused.on else None) or (
-            "needs CUDA graphs" if not graphs.on else None)
         return Lever(why is None, why or "asked for")
 
     def fused_rope(self) -> Lever:
@@ -283,8 +273,7 @@ def apply(accel: AccelPlan, spec, built) -> None:
     if accel.fused_lora.on:
         keep = compute_dtype(spec) if accel.keep_dequantized.on else None
         seed = seeded_dropout.DropoutSeed(next(built.model.parameters()).device) if accel.seeded_dropout else None
-        side = torch.cuda.Stream(next(built.model.parameters()).device) if accel.lora_side_stream.on else None
-        lora_kernels.install(built.model, keep, accel.block_scales.on, seed, accel.fused_lora_backward.on, side)
+        lora_kernels.install(built.model, keep, accel.block_scales.on, seed, accel.fused_lora_backward.on)
         built.model.nerbench_dropout_seed = seed  # drawn at the start of every graphed step (cuda_graphs.py)
 
 
