@@ -44,6 +44,8 @@ VARIANTS = {
                    ["--backend", "hf", "--set", "fused_rope=false"]),
     "torch-lora-backward": ("the default with torch's LoRA input gradient (fused_lora_backward off)",
                             ["--backend", "hf", "--set", "fused_lora_backward=false"]),
+    "fp8": ("the default with the frozen weights' matmuls in FP8 (fp8_matmuls on; not the bf16 arithmetic)",
+            ["--backend", "hf", "--set", "fp8_matmuls=true"]),
     "padded": ("the default with padded batches (packed_sequences off)",
                ["--backend", "hf", "--set", "packed_sequences=false"]),
     "no-liger": ("the default without liger-kernel's fused RMSNorm and SwiGLU", ["--backend", "hf", "--set", "fused_kernels=false"]),

@@ -76,6 +76,12 @@ class TrainConfig:
     # the weights; "auto": where that fits beside the step's activations without gradient checkpointing (an 80 GB
     # GPU: every seed decoder; a 12 or 24 GB card: not the 7B and 14B), as QLoRA alone where it does not.
     keep_dequantized: bool | Literal["auto"] = "auto"
+    # With fused_lora, on CUDA GPUs with FP8 tensor cores (Ada, Hopper and later): the frozen weights' matmuls (each
+    # projection's x W^T and its input gradient) in float8 with a scale a token and a weight row (accel/fp8.py), the
+    # weights kept as float8 instead of bf16 (where keep_dequantized keeps them). It pays only where those matmuls are
+    # large (the 7B and 14B, not the smaller decoders: docs/PERFORMANCE.md). Not the bf16 arithmetic: off until seeded
+    # F1 runs show it within noise.
+    fp8_matmuls: bool = False
     # Forward and backward of each training batch replayed from a CUDA graph (accel/cuda_graphs.py), batches padded to a
     # few shapes: a step then costs the host one call instead of thousands of kernel launches. Only on CUDA, without
     # torch.compile or the unsloth backend; with gradient checkpointing only where the LoRA dropout can be keyed by
@@ -258,6 +264,8 @@ class ModelSpec:
             d.pop("context_sentences")
         if d["train"]["graphed_generation"]:  # a field added later, at its default: earlier records' hashes stay
             d["train"].pop("graphed_generation")
+        if not d["train"]["fp8_matmuls"]:  # the same
+            d["train"].pop("fp8_matmuls")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     def seeded(self, seed: int) -> "ModelSpec":

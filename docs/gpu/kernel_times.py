@@ -1,10 +1,12 @@
-"""GPU time of nerbench's Triton kernels against the torch operations they replace, at the seed decoders' shapes
-(a 1,024-token batch): each side recorded in a CUDA graph of 20 repetitions and replayed, so that launches do not
-count. Run on a GPU machine: python docs/gpu/kernel_times.py (docs/PERFORMANCE.md quotes it)."""
+"""GPU time of nerbench's Triton kernels against the torch operations they replace, and of the frozen weights' matmuls
+in bf16 and in FP8, at the seed decoders' shapes (a 1,024-token batch): each side recorded in a CUDA graph of 20
+repetitions and replayed, so that launches do not count. Run on a GPU machine: python docs/gpu/kernel_times.py
+(docs/PERFORMANCE.md quotes it)."""
 import torch
 import triton
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
+from nerbench_core.accel import fp8
 from nerbench_core.accel import triton_kernels as tk
 
 REPEATS = 20
@@ -53,6 +55,16 @@ def lora_grad_times(tokens: int, n: int, r: int = 16, p: float = 0.05):
             "kernel, seeded mask": gpu_ms(lambda: tk.masked_lora_grad_(gx, gd, a, p, seed=seed, salt=3, salts=4096))}
 
 
+def frozen_matmul_times(tokens: int, n_in: int, n_out: int):
+    """A frozen weight's two matmuls in a training step, x W^T and g W: bf16 against FP8 (fp8_matmuls, rounding of x
+    and g included)."""
+    dt, dev = torch.bfloat16, "cuda"
+    w = torch.randn(n_out, n_in, dtype=dt, device=dev)
+    x, g = torch.randn(tokens, n_in, dtype=dt, device=dev), torch.randn(tokens, n_out, dtype=dt, device=dev)
+    w8 = fp8.Fp8Weight(w)
+    return {"bf16": gpu_ms(lambda: (x @ w.t(), g @ w)), "FP8": gpu_ms(lambda: (w8.linear(x, dt), w8.grad_input(g, dt)))}
+
+
 def rotary_times(rows: int, positions: int, heads: int, dim: int):
     dt, dev = torch.bfloat16, "cuda"
     q = torch.randn(rows, positions, heads, dim, dtype=dt, device=dev).transpose(1, 2)
@@ -80,6 +92,11 @@ def main():
                     ("0.5B down input", 2816)):
         print(f"LoRA input gradient, 1,024 tokens, {name} ({n}):",
               ", ".join(f"{k} {v * 1000:.1f} us" for k, v in lora_grad_times(1024, n).items()))
+    for name, n_in, n_out in (("7B q", 4096, 4096), ("7B gate", 4096, 11008), ("7B down", 11008, 4096),
+                              ("14B q", 5120, 5120), ("14B gate", 5120, 13696), ("14B down", 13696, 5120),
+                              ("0.5B q", 1024, 1024), ("0.5B gate", 1024, 2816), ("0.5B down", 2816, 1024)):
+        print(f"Frozen weight's forward and input-gradient matmuls, 1,024 tokens, {name} ({n_in} -> {n_out}):",
+              ", ".join(f"{k} {v * 1000:.1f} us" for k, v in frozen_matmul_times(1024, n_in, n_out).items()))
     for name, heads, dim in (("7B", 32, 128), ("0.5B", 16, 64)):
         print(f"RoPE of q and k, 32 x 32 positions, {name} ({heads} heads of {dim}):",
               ", ".join(f"{k} {v * 1000:.1f} us" for k, v in rotary_times(32, 32, heads, dim).items()))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fp8 import Fp8Weight
 from .seeded_dropout import MAX_SALTS, DropoutSeed, seeded_dropout
 
 
@@ -36,13 +37,23 @@ class FrozenWeight:
     With ``keep_weight`` (a dtype) the weight itself is dequantized once, into that dtype, and kept: the same values
     every dequantization gives, so the same arithmetic, with no dequantization left in a step (16% of a Qwen1.5-7B
     step's GPU time, docs/PERFORMANCE.md) at the memory of a 16-bit copy of the weights (:func:`keep_weights`).
+
+    With ``fp8`` the dequantized weight is kept as float8 instead (fp8.py: two layouts, the memory of the 16-bit
+    copy), and :meth:`linear` and :meth:`grad_input` run on FP8 tensor cores: not the same arithmetic.
     """
 
-    def __init__(self, base: nn.Module, keep_scales: bool = True, keep_weight: torch.dtype | None = None):
+    def __init__(self, base: nn.Module, keep_scales: bool = True, keep_weight: torch.dtype | None = None,
+                 fp8: bool = False):
         self.base = base
         self.quant_state = getattr(base.weight, "quant_state", None)
         self.absmax = None
         self.kept = None
+        self.fp8_weight = None
+        if fp8:  # (fp8_matmuls) the weight dequantized to ``keep_weight``, rounded to float8 and kept in its place
+            if self.quant_state is not None and keep_weight is None:
+                raise ValueError("FP8 matmuls on a 4-bit weight: give the dtype to dequantize it to (keep_weight)")
+            self.fp8_weight = Fp8Weight(self.weight(keep_weight or base.weight.dtype))
+            return
         if self.quant_state is not None and keep_scales:
             import bitsandbytes.functional as bnbf
 
@@ -70,6 +81,23 @@ class FrozenWeight:
     def bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         return None if self.base.bias is None else self.base.bias.to(dtype)
 
+    def linear(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``x W^T + b`` in ``dtype`` (``x`` in ``dtype``)."""
+        if self.fp8_weight is None:
+            return F.linear(x, self.weight(dtype), self.bias(dtype))
+        out = self.fp8_weight.linear(x, dtype)
+        return out if self.base.bias is None else out.add_(self.bias(dtype))
+
+    def grad_input(self, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``g W``: the input's gradient from the output's ``g`` (rows, out), in ``dtype``."""
+        return torch.mm(g, self.weight(dtype)) if self.fp8_weight is None else self.fp8_weight.grad_input(g, dtype)
+
+
+def frozen_shapes(bases: list[nn.Module]) -> list[torch.Size]:
+    """The (out, in) shapes of the base layers' weights, 4-bit ones as their quantization state records them."""
+    return [torch.Size(b.weight.quant_state.shape) if getattr(b.weight, "quant_state", None) else b.weight.shape
+            for b in bases]
+
 
 def scales_bytes(bases: list[nn.Module]) -> int:
     """The memory of the 4-bit layers' block scales, dequantized to float32."""
@@ -85,8 +113,8 @@ def keep_scales(bases: list[nn.Module], free_bytes: int | None) -> bool:
 
 def dequantized_bytes(bases: list[nn.Module], dtype: torch.dtype) -> int:
     """The memory of the 4-bit layers' weights dequantized to ``dtype``."""
-    return sum(torch.Size(b.weight.quant_state.shape).numel() * dtype.itemsize
-               for b in bases if getattr(b.weight, "quant_state", None))
+    return sum(shape.numel() * dtype.itemsize
+               for b, shape in zip(bases, frozen_shapes(bases)) if getattr(b.weight, "quant_state", None))
 
 
 def keep_weights(setting: bool | str, bases: list[nn.Module], dtype: torch.dtype, room: int | None) -> bool:
@@ -118,7 +146,7 @@ class LoraProjection(torch.autograd.Function):
                 seed: torch.Tensor | None = None, salt: int = 0, kernel_grad: bool = False):
         x = x.to(dtype)
         a, b = lora_a.to(dtype), lora_b.to(dtype)
-        out = F.linear(x, frozen.weight(dtype), frozen.bias(dtype))
+        out = frozen.linear(x, dtype)
         ctx.seeded = (seed, salt) if dropout and seed is not None else None
         if ctx.seeded:  # the mask a function of (seed, salt): drawn again, not kept (seeded_dropout.py)
             dropped, mask = seeded_dropout(x, dropout, seed, salt), None
@@ -145,7 +173,7 @@ class LoraProjection(torch.autograd.Function):
         grad_a = torch.mm(grad_down.t(), dropped.reshape(-1, dropped.shape[-1])).to(ctx.dtypes[0])  # (r, in)
         if not ctx.needs_input_grad[0]:  # the first layer's input (frozen embeddings)
             return None, grad_a, grad_b, *_NONE
-        grad_x = torch.mm(g, ctx.frozen.weight(ctx.dtype))  # (N, in)
+        grad_x = ctx.frozen.grad_input(g, ctx.dtype)  # (N, in)
         if not ctx.dropout:
             grad_x.addmm_(grad_down, a)
         elif ctx.kernel_grad and grad_x.is_cuda:  # product, mask and add in one pass over grad_x (fused_lora_backward)
@@ -230,19 +258,22 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
 
 
 def install(model: nn.Module, keep_weight: torch.dtype | None = None, keep_block_scales: bool = True,
-            dropout_seed: DropoutSeed | None = None, kernel_grad: bool = False) -> int:
+            dropout_seed: DropoutSeed | None = None, kernel_grad: bool = False, fp8: bool = False) -> int:
     """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many. With
     ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`); else, with
     ``keep_block_scales``, their block scales are (accel.plan decides both). With ``dropout_seed``, their dropout
     masks are keyed by that step seed and the projection's number (seeded_dropout.py). With ``kernel_grad`` (CUDA),
     the input gradient's LoRA product goes through the dropout mask and into the gradient in one Triton kernel
-    (triton_kernels.masked_lora_grad_) instead of a matmul and two elementwise passes."""
+    (triton_kernels.masked_lora_grad_) instead of a matmul and two elementwise passes. With ``fp8``, the frozen weights'
+    matmuls run in FP8 (fp8.py), each weight kept as float8 (``keep_weight`` names the dtype a 4-bit weight is
+    dequantized to first; accel.plan asks for it only where 4-bit weights are kept dequantized, so that float8 takes
+    the place of the 16-bit copy)."""
     layers = fused_layers(model)
     keep = keep_weight is None and keep_block_scales
     if dropout_seed is not None and len(layers) > MAX_SALTS:
         raise ValueError(f"seeded LoRA dropout: {len(layers)} projections, over the {MAX_SALTS} keys it has")
     for salt, layer in enumerate(layers):
-        layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep, keep_weight)
+        layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep, keep_weight, fp8)
         layer.nerbench_dropout_seed = (dropout_seed, salt) if dropout_seed is not None else None
         layer.nerbench_kernel_grad = kernel_grad
         layer.forward = types.MethodType(fused_forward, layer)

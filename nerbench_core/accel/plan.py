@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..precision import compute_dtype, dtype_name, weights_dtype
-from . import compiling, cuda_graphs, graphed_generation, liger, lora_kernels, memory, packing, rope, seeded_dropout
+from . import (compiling, cuda_graphs, fp8, graphed_generation, liger, lora_kernels, memory, packing, rope,
+               seeded_dropout)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class AccelPlan:
     fused_lora_backward: Lever  # its input gradient through the dropout mask in one Triton kernel
     fused_rope: Lever  # q and k's rotary embedding in one Triton kernel each
     keep_dequantized: Lever  # the frozen 4-bit weights dequantized once and kept
+    fp8_matmuls: Lever  # the frozen weights' matmuls in FP8 (kept as float8 instead of the compute dtype)
     block_scales: Lever  # or only their block scales (double quantization), where the weights are not kept
     gradient_checkpointing: Lever
     cuda_graphs: Lever  # training steps replayed from CUDA graphs
@@ -76,7 +78,7 @@ def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
     checkpointing = case.gradient_checkpointing(keep)
     return AccelPlan(liger=case.liger(), torch_compile=case.torch_compile(), fused_lora=fused,
                      fused_lora_backward=case.fused_lora_backward(fused), fused_rope=case.fused_rope(),
-                     keep_dequantized=keep,
+                     keep_dequantized=keep, fp8_matmuls=case.fp8_matmuls(fused, keep),
                      block_scales=case.block_scales(fused, keep), gradient_checkpointing=checkpointing,
                      cuda_graphs=case.cuda_graphs(checkpointing, fused), packed_sequences=case.packed_sequences(keep),
                      sdpa_without_cudnn=case.sdpa(),
@@ -93,6 +95,7 @@ class _Case:
         self.dtype = compute_dtype(spec)
         self.layers = lora_kernels.fused_layers(built.model)
         self.bases = [layer.get_base_layer() for layer in self.layers]
+        self.device = next(built.model.parameters()).device
 
     def not_ours(self, asked: bool) -> str | None:
         """Why one of nerbench's own levers is off before anything else is looked at, or None."""
@@ -187,6 +190,19 @@ class _Case:
         return Lever(True, "asked for" if setting is True else "fits beside the activations",
                      f"{dtype_name(self.dtype)}, {need / 1e9:.1f} GB")
 
+    def fp8_matmuls(self, fused: Lever, keep: Lever) -> Lever:
+        """Where asked for, on FP8 tensor cores with Triton (the rounding pass), with fused LoRA and bf16 compute, and
+        only in the place of 4-bit weights kept dequantized: their float8 copies take the memory of the bf16 copy,
+        which the memory rules have made room for (float8 copies of 16-bit weights would be memory no rule counted)."""
+        why = self.triton_off(self.t.fp8_matmuls) or ("needs fused LoRA" if not fused.on else None) or (
+            fp8.unsupported(lora_kernels.frozen_shapes(self.bases), self.device))
+        if why is None and self.dtype != torch.bfloat16:  # torch._scaled_mm writes rowwise-scaled products in bf16
+            why = f"{dtype_name(self.dtype)} compute"
+        if why is None and not keep.on:
+            why = "needs 4-bit weights kept dequantized"
+        detail = f"e4m3, rowwise scales, {self.kept_bytes() / 1e9:.1f} GB in place of the {dtype_name(self.dtype)} copy"
+        return Lever(why is None, why or "asked for", detail if why is None else "")
+
     def block_scales(self, fused: Lever, keep: Lever) -> Lever:
         """The 4-bit weights' block scales dequantized once (where the weights themselves are not kept)."""
         if not fused.on or keep.on or not any(getattr(b.weight, "quant_state", None) for b in self.bases):
@@ -273,7 +289,8 @@ def apply(accel: AccelPlan, spec, built) -> None:
     if accel.fused_lora.on:
         keep = compute_dtype(spec) if accel.keep_dequantized.on else None
         seed = seeded_dropout.DropoutSeed(next(built.model.parameters()).device) if accel.seeded_dropout else None
-        lora_kernels.install(built.model, keep, accel.block_scales.on, seed, accel.fused_lora_backward.on)
+        lora_kernels.install(built.model, keep, accel.block_scales.on, seed, accel.fused_lora_backward.on,
+                             accel.fp8_matmuls.on)
         built.model.nerbench_dropout_seed = seed  # drawn at the start of every graphed step (cuda_graphs.py)
 
 

@@ -158,6 +158,42 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool
     return out
 
 
+@triton.jit
+def _rowwise_fp8_kernel(x_ptr, q_ptr, scale_ptr, K, stride_x, stride_q, LARGEST: tl.constexpr, TINY: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    """One row: its largest magnitude (first pass), then the row scaled to it and rounded to float8 (second pass)."""
+    row = tl.program_id(0).to(tl.int64)
+    amax = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    scale = tl.maximum(tl.max(amax, axis=0), TINY) / LARGEST
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
+        q = tl.clamp(x / scale, -LARGEST, LARGEST)
+        tl.store(q_ptr + row * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
+    tl.store(scale_ptr + row, scale)
+
+
+def rowwise_fp8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` (rows, k; unit column stride) as float8 e4m3 and its float32 scales (rows, 1), each row's largest
+    magnitude at the format's largest value (fp8.rowwise holds the reference in torch)."""
+    from .fp8 import FORMAT, LARGEST, TINY
+
+    if t.dim() != 2 or t.stride(1) != 1:
+        raise ValueError(f"rowwise_fp8: a (rows, k) tensor with unit column stride; got {tuple(t.shape)} strides "
+                         f"{t.stride()}")
+    rows, k = t.shape
+    q = torch.empty(rows, k, dtype=FORMAT, device=t.device)
+    scale = torch.empty(rows, 1, dtype=torch.float32, device=t.device)
+    if rows:
+        _rowwise_fp8_kernel[(rows,)](t, q, scale, k, t.stride(0), q.stride(0), LARGEST=LARGEST, TINY=TINY,
+                                     BLOCK=min(1024, triton.next_power_of_2(k)))
+    return q, scale
+
+
 def _check_offsets(n: int) -> None:
     if n >= 2 ** 31:
         raise ValueError(f"{n} elements, over the int32 offsets of nerbench's Triton kernels")

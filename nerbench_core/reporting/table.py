@@ -155,8 +155,8 @@ def setup(row: Row) -> str:
 # The speed levers' set-up words, in the order the column lists them (accel.plan.AccelPlan's fields)
 LEVER_WORDS = {"gradient_checkpointing": "grad ckpt", "liger": "liger", "torch_compile": "compiled",
                "fused_lora": "fused LoRA", "fused_lora_backward": "LoRA grad kernel", "fused_rope": "RoPE kernel",
-               "keep_dequantized": "dequantized once", "cuda_graphs": "graphs", "packed_sequences": "packed",
-               "graphed_generation": "graphed decoding"}
+               "keep_dequantized": "dequantized once", "fp8_matmuls": "FP8 matmuls", "cuda_graphs": "graphs",
+               "packed_sequences": "packed", "graphed_generation": "graphed decoding"}
 
 
 # ---------------------------------------------------------------- the columns

@@ -1,0 +1,204 @@
+"""The frozen weights' matmuls in FP8 (fp8_matmuls, accel/fp8.py): the rowwise rounding, the two matmuls against
+float32 arithmetic on the same rounded operands, a fused LoRA projection whose adapters' gradients do not change, the
+plan's decisions, and (GPU) the Triton rounding kernel and a training step close to the bf16 one."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from nerbench_core.accel import fp8, lora_kernels
+from nerbench_core.accel import plan as plan_module
+from nerbench_core.accel.memory import DeviceMemory
+from nerbench_core.accel.plan import Lever, plan
+from nerbench_core.specs import load_suite
+
+from .helpers import build, on_device_of, planned
+from .test_decoder import spec_for
+
+FP8_CORES = torch.cuda.is_available() and fp8.unsupported([], torch.device("cuda")) is None
+needs_fp8 = pytest.mark.skipif(not FP8_CORES, reason="FP8 tensor cores")
+
+
+def dequantized(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale
+
+
+def test_rows_are_scaled_to_the_formats_largest_value_and_rounded_within_its_precision():
+    t = torch.randn(5, 64, generator=torch.Generator().manual_seed(0)) * torch.tensor([[1e-3], [1.0], [50.0], [0.0],
+                                                                                         [7.0]])
+    q, scale = fp8.rowwise(t)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (5, 1)
+    assert torch.equal(q.float().abs().amax(dim=1)[[0, 1, 2, 4]], torch.full((4,), fp8.LARGEST))
+    assert torch.equal(q[3].float(), torch.zeros(64))  # an all-zero row stays zero (no division by zero)
+    back = dequantized(q, scale)
+    # e4m3 keeps 3 mantissa bits: a normal value is off by at most 2**-4 of itself; the smallest, by half a step of
+    # the subnormals (2**-10 of the row's scale)
+    assert ((back - t).abs() <= t.abs() * 2 ** -4 + scale * 2 ** -10).all()
+
+
+@pytest.mark.parametrize("rows", [32, 37])  # 37: padded to 48 rows for torch._scaled_mm, cut back after
+def test_both_matmuls_compute_on_the_rounded_operands(rows):
+    """On FP8 tensor cores torch._scaled_mm; elsewhere the float32 emulation the CPU path holds."""
+    g = torch.Generator().manual_seed(1)
+    device = "cuda" if FP8_CORES else "cpu"
+    w = torch.randn(48, 64, generator=g).to(device)
+    x, dy = torch.randn(rows, 64, generator=g).to(device), torch.randn(rows, 48, generator=g).to(device)
+    weight = fp8.Fp8Weight(w)
+    dtype = torch.bfloat16 if FP8_CORES else torch.float32  # (the tensor cores' rowwise products are written in bf16)
+    y, dx = weight.linear(x, dtype).float(), weight.grad_input(dy, dtype).float()
+    assert y.shape == (rows, 48) and dx.shape == (rows, 64)
+    forward_w = dequantized(weight.forward_q, weight.forward_scale.t())  # scales by output row
+    backward_w = dequantized(weight.backward_q, weight.backward_scale.t())  # (in, out), scales by input column
+    close = {"rtol": 1e-2, "atol": 1e-2} if FP8_CORES else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(y, dequantized(*fp8.rowwise(x)) @ forward_w.t(), **close)
+    torch.testing.assert_close(dx, dequantized(*fp8.rowwise(dy)) @ backward_w.t(), **close)
+    # and FP8's rounding is all that separates them from float32's products
+    assert (y - x @ w.t()).norm() / (x @ w.t()).norm() < 0.05
+    assert (dx - dy @ w).norm() / (dy @ w).norm() < 0.05
+
+
+def test_a_projection_with_fp8_matmuls_changes_only_the_frozen_weights_products(qwen_dir, tmp_path):
+    """The same output gradient through a fused projection with and without FP8: the adapters' gradients are the same
+    (they do not go through the frozen weight), the output and the input gradient differ by the frozen products."""
+    spec = spec_for(qwen_dir, method="lora")
+    layer = lora_kernels.lora_linears(build(spec, ["O"], tmp_path).model)[0].cpu()  # (no FP8 cores needed)
+    base, name = layer.get_base_layer().float(), layer.active_adapters[0]
+    torch.nn.init.normal_(layer.lora_B[name].weight)
+    a, b, s = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+    x = torch.randn(3, 7, base.in_features, generator=torch.Generator().manual_seed(2))
+    gy = torch.randn(3, 7, base.out_features, generator=torch.Generator().manual_seed(3))
+
+    def run(frozen):
+        xg = x.clone().requires_grad_()
+        y = lora_kernels.LoraProjection.apply(xg, a, b, frozen, s, 0.0, torch.float32)
+        grads = torch.autograd.grad(y, (xg, a, b), gy)
+        return y.detach(), grads
+
+    plain = lora_kernels.FrozenWeight(base)
+    rounded = lora_kernels.FrozenWeight(base, fp8=True)
+    assert plain.fp8_weight is None and rounded.fp8_weight is not None
+    (y8, (dx8, da8, db8)), (y, (dx, da, db)) = run(rounded), run(plain)
+    torch.testing.assert_close(da8, da)
+    torch.testing.assert_close(db8, db)
+    flat_x, flat_g = x.reshape(-1, x.shape[-1]), gy.reshape(-1, gy.shape[-1])
+    frozen_y = (plain.linear(flat_x, torch.float32) - rounded.linear(flat_x, torch.float32)).view_as(y)
+    frozen_dx = (plain.grad_input(flat_g, torch.float32) - rounded.grad_input(flat_g, torch.float32)).view_as(dx)
+    assert frozen_y.abs().max() > 1e-3 and frozen_dx.abs().max() > 1e-3  # FP8's rounding shows
+    torch.testing.assert_close(y8, y - frozen_y, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dx8, dx - frozen_dx, rtol=1e-4, atol=1e-4)
+    y8.mul_(2)  # a new tensor, as the bf16 path's: not a view the autograd function could not give for in-place use
+    expanded = torch.ones(1, 1, base.out_features).expand(3, 7, -1)  # a gradient of stride 0, as y.sum() gives
+    torch.testing.assert_close(rounded.grad_input(expanded.reshape(21, -1), torch.float32),
+                               rounded.grad_input(expanded.reshape(21, -1).contiguous(), torch.float32))
+
+
+def test_fp8_matmuls_follow_the_spec_and_the_device(qwen_dir, tmp_path, monkeypatch):
+    spec = spec_for(qwen_dir)  # QLoRA
+    built = build(spec, ["O"], tmp_path)
+
+    def lever(s=spec, **train):
+        return plan(dataclasses.replace(s, train=dataclasses.replace(s.train, **train)), built, DeviceMemory()
+                    ).fp8_matmuls
+
+    assert (lever().on, lever().why) == (False, "not asked for")  # off by default: not the bf16 arithmetic
+    asked = {"fp8_matmuls": True, "keep_dequantized": True}
+    if not torch.cuda.is_available():
+        assert lever(**asked).why == "no CUDA"
+    elif not FP8_CORES:
+        assert lever(**asked).why == "no FP8 tensor cores (Ada or Hopper and later)"
+    else:
+        assert (lever(**asked).on, lever(**asked).why) == (True, "asked for")
+    # the rules after the device's, on any machine: the plan's decision itself, the device's checks passed
+    monkeypatch.setattr(fp8, "unsupported", lambda shapes, device: None)
+
+    def rule(s=spec, fused=True, kept=True, **train):
+        case = plan_module._Case(dataclasses.replace(s, train=dataclasses.replace(s.train, **asked, **train)),
+                                 built if s is spec else build(s, ["O"], tmp_path / "other"), None)
+        case.triton_off = lambda asked: None  # (CUDA and Triton present)
+        return case.fp8_matmuls(Lever(fused, ""), Lever(kept, "", "bfloat16, 0.0 GB")).why
+
+    assert rule() == "asked for"
+    assert rule(fused=False) == "needs fused LoRA"
+    assert rule(bf16=False) == "float32 compute"
+    assert rule(kept=False) == "needs 4-bit weights kept dequantized"
+    # 16-bit weights are not kept dequantized (there is nothing to dequantize): float8 copies beside them would be
+    # memory no rule counts
+    assert rule(spec_for(qwen_dir, method="lora"), kept=False) == "needs 4-bit weights kept dequantized"
+    monkeypatch.undo()
+    if FP8_CORES:
+        on = lever(**asked)
+        assert on.on and on.detail.startswith("e4m3, rowwise scales,") and on.detail.endswith("bfloat16 copy")
+
+
+def test_fp8_needs_the_tensor_cores_and_weights_in_multiples_of_16(monkeypatch):
+    assert fp8.unsupported([torch.Size([48, 64])], torch.device("cpu")) == "no CUDA"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) == (
+        "no FP8 tensor cores (Ada or Hopper and later)")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) is None
+    assert fp8.unsupported([torch.Size([48, 72])], torch.device("cuda")) == (
+        "a frozen weight of shape (48, 72): FP8 matmuls take dimensions in multiples of 16")
+
+
+def test_the_switch_at_its_default_keeps_the_run_keys_it_had_before_it_existed():
+    suite = load_suite(Path(__file__).resolve().parent.parent / "bench" / "suites" / "offline.toml")
+    (minilm,) = [s for s in suite if s.name == "minilm"]
+    assert minilm.hash() == "32535818892ba58b"  # its hash before fp8_matmuls (commit 5161c59): records stay found
+    on = dataclasses.replace(minilm, train=dataclasses.replace(minilm.train, fp8_matmuls=True))
+    assert on.hash() != minilm.hash()
+
+
+@needs_fp8
+def test_the_rounding_kernel_rounds_as_torch_does():
+    from nerbench_core.accel import triton_kernels
+
+    wide = torch.randn(300, 2600, device="cuda") * torch.logspace(-3, 3, 300, device="cuda")[:, None]
+    t = wide.to(torch.bfloat16)[:, :2500]  # rows of 2,500 values 2,600 apart: the row stride is not the row length
+    t[7] = 0  # an all-zero row
+    q, scale = triton_kernels.rowwise_fp8(t)
+    assert torch.equal(q[7].float(), torch.zeros(2500, device="cuda"))
+    empty_q, empty_scale = triton_kernels.rowwise_fp8(t[:0])
+    assert empty_q.shape == (0, 2500) and empty_scale.shape == (0, 1)
+    want_scale = t.float().abs().amax(dim=1, keepdim=True).clamp(min=fp8.TINY) / fp8.LARGEST
+    torch.testing.assert_close(scale, want_scale, rtol=1e-6, atol=0)
+    want = (t.float() / scale).clamp(-fp8.LARGEST, fp8.LARGEST).to(fp8.FORMAT)
+    # the kernel's division may differ from torch's in the last bit, which can move a value to the next FP8 step
+    assert (q.float() != want.float()).float().mean() < 1e-3
+    assert ((q.float() - want.float()).abs() <= want.float().abs() * 2 ** -3 + 2 ** -9).all()
+
+
+@needs_fp8
+def test_a_training_step_with_fp8_matmuls_is_close_to_the_bf16_step(qwen_dir, tmp_path):
+    """QLoRA, bf16, the weights kept dequantized: one step's loss and gradients with the frozen matmuls in FP8 against
+    the same step in bf16 (LoRA dropout off, so that both draw nothing). The tiny model's products have 64 terms, so
+    each keeps a few percent of FP8's rounding: on an H200 the losses differed by 0.03% and the gradients' cosine was
+    0.98, where an operand in the wrong layout or a misplaced scale gives unrelated gradients (cosine near 0)."""
+    spec = spec_for(qwen_dir, attention="bidirectional")
+    spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0), train=dataclasses.replace(
+        spec.train, keep_dequantized=True, cuda_graphs=False))
+    batch = {"input_ids": torch.randint(1, 200, (4, 16), generator=torch.Generator().manual_seed(4)),
+             "labels": torch.randint(0, 3, (4, 16), generator=torch.Generator().manual_seed(5))}
+
+    def step(fp8_on: bool):
+        s = dataclasses.replace(spec, train=dataclasses.replace(spec.train, fp8_matmuls=fp8_on))
+        torch.manual_seed(0)  # the same new head and LoRA weights in both models
+        built = build(s, ["O", "B-PER", "I-PER"], tmp_path / str(fp8_on))
+        assert planned(s, built).fp8_matmuls.on == fp8_on
+        model = built.model
+        torch.manual_seed(1)
+        for layer in lora_kernels.lora_linears(model):
+            torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.5)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**on_device_of(model, batch)).loss
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten().float() for p in model.parameters() if p.requires_grad])
+
+    (loss8, grads8), (loss, grads) = step(True), step(False)
+    cosine = torch.nn.functional.cosine_similarity(grads8, grads, dim=0).item()
+    assert abs(loss8 - loss) < 0.01 * abs(loss) and cosine > 0.95, (loss8, loss, cosine)
