@@ -39,7 +39,8 @@ def test_rows_are_scaled_to_the_formats_largest_value_and_rounded_within_its_pre
 
 @pytest.mark.parametrize("rows", [32, 37])  # 37: padded to 48 rows for torch._scaled_mm, cut back after
 def test_both_matmuls_compute_on_the_rounded_operands(rows):
-    """On FP8 tensor cores torch._scaled_mm; elsewhere the float32 emulation the CPU path holds."""
+    """torch._scaled_mm on FP8 tensor cores, and on a CPU (torch 2.13's CPU kernel; on torch 2.11 the float32
+    emulation fp8._scaled_mm falls back to)."""
     g = torch.Generator().manual_seed(1)
     device = "cuda" if FP8_CORES else "cpu"
     w = torch.randn(48, 64, generator=g).to(device)
@@ -87,7 +88,8 @@ def test_a_projection_with_fp8_matmuls_changes_only_the_frozen_weights_products(
     assert frozen_y.abs().max() > 1e-3 and frozen_dx.abs().max() > 1e-3  # FP8's rounding shows
     torch.testing.assert_close(y8, y - frozen_y, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dx8, dx - frozen_dx, rtol=1e-4, atol=1e-4)
-    y8.mul_(2)  # a new tensor, as the bf16 path's: not a view the autograd function could not give for in-place use
+    # a new tensor, as the bf16 path's: a view made inside the autograd function could not be changed in place
+    lora_kernels.LoraProjection.apply(x.clone().requires_grad_(), a, b, rounded, s, 0.0, torch.float32).mul_(2)
     expanded = torch.ones(1, 1, base.out_features).expand(3, 7, -1)  # a gradient of stride 0, as y.sum() gives
     torch.testing.assert_close(rounded.grad_input(expanded.reshape(21, -1), torch.float32),
                                rounded.grad_input(expanded.reshape(21, -1).contiguous(), torch.float32))
