@@ -37,12 +37,44 @@ GPU_PEAK_BF16_TFLOPS = {
 
 
 def gpu_info() -> dict | None:
+    """The GPU a case ran on, as its record keeps it. Beside the name, what tells cards of one name apart: the SM
+    count (a MIG slice has fewer) and the power limit and top SM clock nvidia-smi reports (H200s of one name ran the
+    same cases up to 30% apart here, docs/PERFORMANCE.md)."""
     if not torch.cuda.is_available():
         return None
     i = torch.cuda.current_device()
     p = torch.cuda.get_device_properties(i)
     return {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "count": torch.cuda.device_count(),
-            "capability": f"{p.major}.{p.minor}"}
+            "capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
+            **(gpu_limits(f"GPU-{p.uuid}") or {})}
+
+
+def gpu_limits(card: str) -> dict | None:
+    """``{"power_limit_w", "max_sm_clock_mhz"}`` of the card (an nvidia-smi ``-i`` id), or None where nvidia-smi is
+    missing, fails or does not answer within seconds."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "-i", card, "--query-gpu=power.limit,clocks.max.sm",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_limits(out.stdout)
+
+
+def parse_limits(text: str) -> dict | None:
+    """nvidia-smi's ``power.limit,clocks.max.sm`` line ("700.00, 1980"); a field it cannot read ("[N/A]") is None."""
+    fields = [f.strip() for f in text.strip().splitlines()[0].split(",")] if text.strip() else []
+    if len(fields) != 2:
+        return None
+
+    def number(field: str) -> float | None:
+        try:
+            return float(field)
+        except ValueError:
+            return None
+
+    return {"power_limit_w": number(fields[0]), "max_sm_clock_mhz": number(fields[1])}
 
 
 def gpu_peak_flops(name: str | None, override_tflops: float | None = None) -> float | None:

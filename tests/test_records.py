@@ -345,3 +345,28 @@ def test_a_tags_file_that_does_not_fit_its_split_names_the_file_and_line(tmp_pat
         read_tags(path, [["a", "b"], ["c", "d"]], [["O", "O"], ["O", "O"]], [0, 0])
     size = SampleSize(train=7, dev=8, test=9, seed=3)
     assert SampleSize.described(size.describe()) == size and SampleSize.described("full") is None
+
+
+def test_records_say_the_cards_power_limit_and_top_clock_where_nvidia_smi_answers(monkeypatch):
+    """Cards of one name differ by them; a field nvidia-smi cannot read, or no nvidia-smi at all, leaves them out."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from nerbench_core import cost
+
+    assert cost.parse_limits("700.00, 1980\n") == {"power_limit_w": 700.0, "max_sm_clock_mhz": 1980.0}
+    assert cost.parse_limits("[N/A], 1410") == {"power_limit_w": None, "max_sm_clock_mhz": 1410.0}
+    assert cost.parse_limits("") is None and cost.parse_limits("No devices were found") is None
+
+    def answers(args, **kwargs):
+        assert args[:3] == ["nvidia-smi", "-i", "GPU-1234"]
+        return SimpleNamespace(stdout="600.00, 1785\n")
+
+    monkeypatch.setattr(subprocess, "run", answers)
+    assert cost.gpu_limits("GPU-1234") == {"power_limit_w": 600.0, "max_sm_clock_mhz": 1785.0}
+
+    def missing(args, **kwargs):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    assert cost.gpu_limits("GPU-1234") is None
