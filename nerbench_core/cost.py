@@ -8,6 +8,7 @@ GPU's dense bf16 peak from :data:`GPU_PEAK_BF16_TFLOPS` (override with ``--gpu-p
 """
 from __future__ import annotations
 
+import functools
 import gc
 import resource
 import sys
@@ -49,9 +50,10 @@ def gpu_info() -> dict | None:
             **(gpu_limits(f"GPU-{p.uuid}") or {})}
 
 
+@functools.lru_cache(maxsize=None)
 def gpu_limits(card: str) -> dict | None:
     """``{"power_limit_w", "max_sm_clock_mhz"}`` of the card (an nvidia-smi ``-i`` id), or None where nvidia-smi is
-    missing, fails or does not answer within seconds."""
+    missing, fails or does not answer within seconds. Asked once a process (a record per case reads it)."""
     import subprocess
 
     try:

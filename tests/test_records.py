@@ -363,10 +363,13 @@ def test_records_say_the_cards_power_limit_and_top_clock_where_nvidia_smi_answer
         return SimpleNamespace(stdout="600.00, 1785\n")
 
     monkeypatch.setattr(subprocess, "run", answers)
+    cost.gpu_limits.cache_clear()
     assert cost.gpu_limits("GPU-1234") == {"power_limit_w": 600.0, "max_sm_clock_mhz": 1785.0}
+    cost.gpu_limits.cache_clear()
 
     def missing(args, **kwargs):
         raise FileNotFoundError("nvidia-smi")
 
     monkeypatch.setattr(subprocess, "run", missing)
     assert cost.gpu_limits("GPU-1234") is None
+    cost.gpu_limits.cache_clear()
