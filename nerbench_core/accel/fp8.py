@@ -33,8 +33,9 @@ def rowwise(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from . import triton_kernels
 
         return triton_kernels.rowwise_fp8(t)
-    scale = (t.float().abs().amax(dim=-1, keepdim=True).clamp_(min=TINY) / LARGEST)
-    return (t.float() / scale).clamp_(-LARGEST, LARGEST).to(FORMAT), scale
+    wide = t.float()
+    scale = wide.abs().amax(dim=-1, keepdim=True).clamp_(min=TINY) / LARGEST
+    return (wide / scale).clamp_(-LARGEST, LARGEST).to(FORMAT), scale
 
 
 def unsupported(weight_shapes: list[torch.Size], device: torch.device | None) -> str | None:

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .fp8 import FORMAT, LARGEST, TINY
+
 
 @triton.jit
 def _keep(seed_ptr, salt, offsets, p, SALTS: tl.constexpr):
@@ -180,8 +182,6 @@ def _rowwise_fp8_kernel(x_ptr, q_ptr, scale_ptr, K, stride_x, stride_q, LARGEST:
 def rowwise_fp8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``t`` (rows, k; unit column stride) as float8 e4m3 and its float32 scales (rows, 1), each row's largest
     magnitude at the format's largest value (fp8.rowwise holds the reference in torch)."""
-    from .fp8 import FORMAT, LARGEST, TINY
-
     if t.dim() != 2 or t.stride(1) != 1:
         raise ValueError(f"rowwise_fp8: a (rows, k) tensor with unit column stride; got {tuple(t.shape)} strides "
                          f"{t.stride()}")
