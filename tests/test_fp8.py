@@ -54,9 +54,33 @@ def test_both_matmuls_compute_on_the_rounded_operands(rows):
     close = {"rtol": 1e-2, "atol": 1e-2} if FP8_CORES else {"rtol": 1e-5, "atol": 1e-5}
     torch.testing.assert_close(y, dequantized(*fp8.rowwise(x)) @ forward_w.t(), **close)
     torch.testing.assert_close(dx, dequantized(*fp8.rowwise(dy)) @ backward_w.t(), **close)
+    bias = torch.randn(48, generator=g).to(device)  # (Qwen's q, k and v have one) added by the matmul's epilogue
+    torch.testing.assert_close(weight.linear(x.clone(), dtype, bias.to(dtype)).float(), y + bias, **close)
     # and FP8's rounding is all that separates them from float32's products
     assert (y - x @ w.t()).norm() / (x @ w.t()).norm() < 0.05
     assert (dx - dy @ w).norm() / (dy @ w).norm() < 0.05
+
+
+def test_projections_reading_one_input_round_it_once_and_add_their_bias_in_the_matmul(monkeypatch):
+    """q, k and v read one x: rounded once, with the same products as rounded for each; changed in place or another
+    tensor of equal values, it is rounded again. The bias, added by the matmul, is the product's plus the bias."""
+    g = torch.Generator().manual_seed(6)
+    weights = [fp8.Fp8Weight(torch.randn(48, 64, generator=g)) for _ in range(3)]
+    bias = torch.randn(48, generator=g)
+    x = torch.randn(2, 19, 64, generator=g)  # 38 rows: padded to 48
+    expected = [w.linear(x.clone(), torch.float32) for w in weights]  # each its own rounding (a new tensor each)
+    calls = []
+    rowwise = fp8.rowwise
+    monkeypatch.setattr(fp8, "rowwise", lambda t: calls.append(t.shape) or rowwise(t))
+    for w, want in zip(weights, expected):
+        torch.testing.assert_close(w.linear(x, torch.float32), want, rtol=0, atol=0)
+    assert calls == [(48, 64)]
+    torch.testing.assert_close(weights[0].linear(x, torch.float32, bias), expected[0] + bias, rtol=1e-6, atol=1e-6)
+    assert len(calls) == 1
+    x.mul_(2)  # in place: its version moves on
+    torch.testing.assert_close(weights[0].linear(x, torch.float32), 2 * expected[0], rtol=1e-6, atol=1e-6)
+    weights[0].linear(x.clone(), torch.float32)  # equal values, another tensor
+    assert len(calls) == 3
 
 
 def test_a_projection_with_fp8_matmuls_changes_only_the_frozen_weights_products(qwen_dir, tmp_path):

@@ -62,7 +62,11 @@ def frozen_matmul_times(tokens: int, n_in: int, n_out: int):
     w = torch.randn(n_out, n_in, dtype=dt, device=dev)
     x, g = torch.randn(tokens, n_in, dtype=dt, device=dev), torch.randn(tokens, n_out, dtype=dt, device=dev)
     w8 = fp8.Fp8Weight(w)
-    return {"bf16": gpu_ms(lambda: (x @ w.t(), g @ w)), "FP8": gpu_ms(lambda: (w8.linear(x, dt), w8.grad_input(g, dt)))}
+    # x.view(...): another tensor object each call, so that FP8's rounding of x is not shared between calls (it is
+    # only between projections that read one x: q, k and v; gate and up)
+    return {"bf16": gpu_ms(lambda: (x @ w.t(), g @ w)),
+            "FP8": gpu_ms(lambda: (w8.linear(x.view(x.shape), dt), w8.grad_input(g, dt))),
+            "of it rounding x": gpu_ms(lambda: fp8.rowwise(x))}
 
 
 def rotary_times(rows: int, positions: int, heads: int, dim: int):
@@ -92,11 +96,12 @@ def main():
                     ("0.5B down input", 2816)):
         print(f"LoRA input gradient, 1,024 tokens, {name} ({n}):",
               ", ".join(f"{k} {v * 1000:.1f} us" for k, v in lora_grad_times(1024, n).items()))
-    for name, n_in, n_out in (("7B q", 4096, 4096), ("7B gate", 4096, 11008), ("7B down", 11008, 4096),
-                              ("14B q", 5120, 5120), ("14B gate", 5120, 13696), ("14B down", 13696, 5120),
-                              ("0.5B q", 1024, 1024), ("0.5B gate", 1024, 2816), ("0.5B down", 2816, 1024)):
-        print(f"Frozen weight's forward and input-gradient matmuls, 1,024 tokens, {name} ({n_in} -> {n_out}):",
-              ", ".join(f"{k} {v * 1000:.1f} us" for k, v in frozen_matmul_times(1024, n_in, n_out).items()))
+    for model, hidden, inner in (("14B", 5120, 13696), ("7B", 4096, 11008), ("4B", 2560, 6912), ("1.8B", 2048, 5504),
+                                 ("0.5B", 1024, 2816)):
+        for name, n_in, n_out in ((f"{model} q", hidden, hidden), (f"{model} gate", hidden, inner),
+                                  (f"{model} down", inner, hidden)):
+            print(f"Frozen weight's forward and input-gradient matmuls, 1,024 tokens, {name} ({n_in} -> {n_out}):",
+                  ", ".join(f"{k} {v * 1000:.1f} us" for k, v in frozen_matmul_times(1024, n_in, n_out).items()))
     for name, heads, dim in (("7B", 32, 128), ("0.5B", 16, 64)):
         print(f"RoPE of q and k, 32 x 32 positions, {name} ({heads} heads of {dim}):",
               ", ".join(f"{k} {v * 1000:.1f} us" for k, v in rotary_times(32, 32, heads, dim).items()))

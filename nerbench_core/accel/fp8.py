@@ -15,6 +15,8 @@ output row for the forward, ``(in, out)`` scaled by input column for the input g
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +52,25 @@ def unsupported(weight_shapes: list[torch.Size], device: torch.device | None) ->
     return None
 
 
+class _LastRounding:
+    """The last tensor :meth:`Fp8Weight._matmul` rounded, and its rounding: a layer's q, k and v projections (and its
+    gate and up) read one input, which is then rounded once, not once each. Keyed by the tensor itself (a weak
+    reference) and its version counter, so that a tensor changed in place, or freed and its memory reused, is rounded
+    again; one entry, so that at most one rounded input is held beyond its use."""
+
+    def __init__(self):
+        self.ref, self.version, self.rounded = None, -1, None
+
+    def get(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.rounded if self.ref is not None and self.ref() is t and t._version == self.version else None
+
+    def put(self, t: torch.Tensor, rounded: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.ref, self.version, self.rounded = weakref.ref(t), t._version, rounded
+
+
+_LAST = _LastRounding()
+
+
 class Fp8Weight:
     """A frozen weight (out, in) in float8 e4m3, in both layouts, with the matmuls that read it."""
 
@@ -60,41 +81,51 @@ class Fp8Weight:
         self.forward_q, self.forward_scale = forward, forward_scale.view(1, -1)
         self.backward_q, self.backward_scale = backward, backward_scale.view(1, -1)
 
-    def linear(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``x W^T`` in ``dtype``; ``x`` (..., in)."""
-        return self._matmul(x, self.forward_q, self.forward_scale, dtype)
+    def linear(self, x: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x W^T + bias`` in ``dtype``; ``x`` (..., in), ``bias`` (out,) in ``dtype`` (added by the matmul's epilogue,
+        not by a pass of its own)."""
+        return self._matmul(x, self.forward_q, self.forward_scale, dtype, bias)
 
     def grad_input(self, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``g W`` in ``dtype``; ``g`` (rows, out)."""
         return self._matmul(g, self.backward_q, self.backward_scale, dtype)
 
     @staticmethod
-    def _matmul(a: torch.Tensor, q: torch.Tensor, q_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``a q^T`` (q's rows scaled by ``q_scale``), into a new tensor of ``a``'s leading shape: not a view, which
-        the projection's autograd function could not hand out for in-place use."""
+    def _matmul(a: torch.Tensor, q: torch.Tensor, q_scale: torch.Tensor, dtype: torch.dtype,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``a q^T + bias`` (q's rows scaled by ``q_scale``), into a new tensor of ``a``'s leading shape: not a view,
+        which the projection's autograd function could not hand out for in-place use."""
         lead, k, n = a.shape[:-1], a.shape[-1], q.shape[0]
-        flat = a.reshape(-1, k)
-        if flat.stride(1) != 1:  # (an expanded or transposed gradient) the rounding pass reads rows of unit stride
-            flat = flat.contiguous()
-        rows = flat.shape[0]
+        rows = a.numel() // k
         short = -rows % MULTIPLE  # rows padded with zeros to a multiple of 16, cut off again after
-        if short:
-            flat = F.pad(flat, (0, 0, 0, short))
-        a_q, a_scale = rowwise(flat)
+        rounded = _LAST.get(a)
+        if rounded is None:
+            rounded = rowwise(_padded_rows(a, short))
+            _LAST.put(a, rounded)
         out = torch.empty(*lead, n, dtype=dtype, device=a.device)
         into = out.view(rows, n) if not short else torch.empty(rows + short, n, dtype=dtype, device=a.device)
-        _scaled_mm(a_q, q.t(), a_scale, q_scale, into)
+        _scaled_mm(*rounded, q.t(), q_scale, into, bias)
         if short:
             out.view(rows, n).copy_(into[:rows])
         return out
 
 
-def _scaled_mm(a_q, b_q, a_scale, b_scale, out: torch.Tensor) -> None:
-    """``out = (a_q * a_scale) @ (b_q * b_scale)`` with float32 accumulation, written in ``out``'s dtype."""
+def _padded_rows(a: torch.Tensor, short: int) -> torch.Tensor:
+    """``a`` as (rows, k) with unit column stride (the rounding pass reads rows so; an expanded or transposed gradient
+    is copied), ``short`` rows of zeros added."""
+    flat = a.reshape(-1, a.shape[-1])
+    if flat.stride(1) != 1:
+        flat = flat.contiguous()
+    return F.pad(flat, (0, 0, 0, short)) if short else flat
+
+
+def _scaled_mm(a_q, a_scale, b_q, b_scale, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """``out = (a_q * a_scale) @ (b_q * b_scale) + bias`` with float32 accumulation, written in ``out``'s dtype."""
     try:
-        torch._scaled_mm(a_q, b_q, scale_a=a_scale, scale_b=b_scale, out_dtype=out.dtype, out=out)
+        torch._scaled_mm(a_q, b_q, scale_a=a_scale, scale_b=b_scale, bias=bias, out_dtype=out.dtype, out=out)
     except RuntimeError:
         if a_q.is_cuda:
             raise
         # (CPU tests on the GPU machines' torch 2.11, whose CPU kernel takes one scale a matrix) the same products
-        out.copy_((a_q.float() * a_scale) @ (b_q.float() * b_scale))
+        product = (a_q.float() * a_scale) @ (b_q.float() * b_scale)
+        out.copy_(product if bias is None else product + bias.float())

@@ -85,8 +85,7 @@ class FrozenWeight:
         """``x W^T + b`` in ``dtype`` (``x`` in ``dtype``)."""
         if self.fp8_weight is None:
             return F.linear(x, self.weight(dtype), self.bias(dtype))
-        out = self.fp8_weight.linear(x, dtype)
-        return out if self.base.bias is None else out.add_(self.bias(dtype))
+        return self.fp8_weight.linear(x, dtype, self.bias(dtype))
 
     def grad_input(self, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``g W``: the input's gradient from the output's ``g`` (rows, out), in ``dtype``."""
