@@ -78,10 +78,11 @@ class TrainConfig:
     keep_dequantized: bool | Literal["auto"] = "auto"
     # With fused_lora, on CUDA GPUs with FP8 tensor cores (Ada, Hopper and later): the frozen weights' matmuls (each
     # projection's x W^T and its input gradient) in float8 with a scale a token and a weight row (accel/fp8.py), the
-    # weights kept as float8 instead of bf16 (where keep_dequantized keeps them). It pays only where those matmuls are
-    # large (the 7B and 14B, not the smaller decoders: docs/PERFORMANCE.md). Not the bf16 arithmetic: off until seeded
-    # F1 runs show it within noise.
-    fp8_matmuls: bool = False
+    # weights kept as float8 instead of bf16 (where keep_dequantized keeps them). Not the bf16 arithmetic; F1 within
+    # the seeds' noise of it (SmolLM2, docs/PERFORMANCE.md). It pays only where those matmuls are large: "auto" takes
+    # it on Hopper GPUs (where it was measured) for the projections whose weights have both dimensions of at least
+    # 4,096 (the 7B's and 14B's, not the smaller decoders'); true wherever the GPU can.
+    fp8_matmuls: bool | Literal["auto"] = "auto"
     # Forward and backward of each training batch replayed from a CUDA graph (accel/cuda_graphs.py), batches padded to a
     # few shapes: a step then costs the host one call instead of thousands of kernel launches. Only on CUDA, without
     # torch.compile or the unsloth backend; with gradient checkpointing only where the LoRA dropout can be keyed by
@@ -264,7 +265,9 @@ class ModelSpec:
             d.pop("context_sentences")
         if d["train"]["graphed_generation"]:  # a field added later, at its default: earlier records' hashes stay
             d["train"].pop("graphed_generation")
-        if not d["train"]["fp8_matmuls"]:  # the same
+        if d["method"] != "qlora" or d["train"]["fp8_matmuls"] is False:
+            # the same, at its first default; and FP8 takes the place of 4-bit weights' dequantized copy, so that for
+            # other methods no value of it changes anything
             d["train"].pop("fp8_matmuls")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -400,7 +403,7 @@ def spec_from_dict(data: dict, where: str = "<spec>") -> ModelSpec:
 
 
 # spec fields (beside TrainConfig's) that --set may change for every case
-SETTABLE = ("paradigm", "output_format", "context_sentences", "attention", "backend")
+SETTABLE = ("paradigm", "output_format", "context_sentences", "attention", "backend", "method")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

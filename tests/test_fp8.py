@@ -55,7 +55,8 @@ def test_both_matmuls_compute_on_the_rounded_operands(rows):
     torch.testing.assert_close(y, dequantized(*fp8.rowwise(x)) @ forward_w.t(), **close)
     torch.testing.assert_close(dx, dequantized(*fp8.rowwise(dy)) @ backward_w.t(), **close)
     bias = torch.randn(48, generator=g).to(device)  # (Qwen's q, k and v have one) added by the matmul's epilogue
-    torch.testing.assert_close(weight.linear(x.clone(), dtype, bias.to(dtype)).float(), y + bias, **close)
+    torch.testing.assert_close(weight.linear(x.clone(), dtype, bias.to(dtype)).float(),
+                               dequantized(*fp8.rowwise(x)) @ forward_w.t() + bias.to(dtype).float(), **close)
     # and FP8's rounding is all that separates them from float32's products
     assert (y - x @ w.t()).norm() / (x @ w.t()).norm() < 0.05
     assert (dx - dy @ w).norm() / (dy @ w).norm() < 0.05
@@ -127,34 +128,59 @@ def test_fp8_matmuls_follow_the_spec_and_the_device(qwen_dir, tmp_path, monkeypa
         return plan(dataclasses.replace(s, train=dataclasses.replace(s.train, **train)), built, DeviceMemory()
                     ).fp8_matmuls
 
-    assert (lever().on, lever().why) == (False, "not asked for")  # off by default: not the bf16 arithmetic
+    assert spec.train.fp8_matmuls == "auto"
+    assert not lever(fp8_matmuls=False).on and lever(fp8_matmuls=False).why == "not asked for"
     asked = {"fp8_matmuls": True, "keep_dequantized": True}
     if not torch.cuda.is_available():
-        assert lever(**asked).why == "no CUDA"
+        assert lever().why == lever(**asked).why == "no CUDA"
     elif not FP8_CORES:
         assert lever(**asked).why == "no FP8 tensor cores (Ada or Hopper and later)"
     else:
         assert (lever(**asked).on, lever(**asked).why) == (True, "asked for")
+        # the tiny model's projections are far under the size that pays
+        assert lever(keep_dequantized=True).why == "auto: no projection with both dimensions of at least 4096"
     # the rules after the device's, on any machine: the plan's decision itself, the device's checks passed
-    monkeypatch.setattr(fp8, "unsupported", lambda shapes, device: None)
+    monkeypatch.setattr(fp8, "unsupported", lambda shapes, device, auto=False: None)
 
     def rule(s=spec, fused=True, kept=True, **train):
-        case = plan_module._Case(dataclasses.replace(s, train=dataclasses.replace(s.train, **asked, **train)),
+        train = {**asked, **train}
+        case = plan_module._Case(dataclasses.replace(s, train=dataclasses.replace(s.train, **train)),
                                  built if s is spec else build(s, ["O"], tmp_path / "other"), None)
         case.triton_off = lambda asked: None  # (CUDA and Triton present)
-        return case.fp8_matmuls(Lever(fused, ""), Lever(kept, "", "bfloat16, 0.0 GB")).why
+        return case.fp8_matmuls(Lever(fused, ""), Lever(kept, "", "bfloat16, 0.0 GB"))
 
-    assert rule() == "asked for"
-    assert rule(fused=False) == "needs fused LoRA"
-    assert rule(bf16=False) == "float32 compute"
-    assert rule(kept=False) == "needs 4-bit weights kept dequantized"
+    assert rule().why == "asked for" and ", 21 of 21 projections," in rule().detail  # 7 a layer, 3 layers
+    assert rule(fused=False).why == "needs fused LoRA"
+    assert rule(bf16=False).why == "float32 compute"
+    assert rule(kept=False).why == "needs 4-bit weights kept dequantized"
     # 16-bit weights are not kept dequantized (there is nothing to dequantize): float8 copies beside them would be
     # memory no rule counts
-    assert rule(spec_for(qwen_dir, method="lora"), kept=False) == "needs 4-bit weights kept dequantized"
+    assert rule(spec_for(qwen_dir, method="lora"), kept=False).why == "needs 4-bit weights kept dequantized"
+    # auto: only the projections large enough; here (hidden 64, 2 key-value heads of 16) q, o and the MLP's from 64,
+    # not k and v (32 x 64)
+    assert rule(fp8_matmuls="auto").why == "auto: no projection with both dimensions of at least 4096"
+    monkeypatch.setattr(fp8, "PAYS_FROM", 64)
+    auto = rule(fp8_matmuls="auto")
+    assert (auto.on, auto.why) == (True, "auto: large projections on a Hopper GPU")
+    assert ", 15 of 21 projections," in auto.detail
     monkeypatch.undo()
     if FP8_CORES:
         on = lever(**asked)
         assert on.on and on.detail.startswith("e4m3, rowwise scales,") and on.detail.endswith("bfloat16 copy")
+
+
+def test_auto_gives_fp8_only_to_the_projections_that_pay(qwen_dir, tmp_path, monkeypatch):
+    """install's rule: the weights whose shape it takes are kept as float8, the others as they were."""
+    spec = spec_for(qwen_dir, method="lora")
+    model = build(spec, ["O"], tmp_path).model
+    monkeypatch.setattr(fp8, "PAYS_FROM", 64)
+    lora_kernels.install(model, fp8=fp8.pays)
+    layers = lora_kernels.fused_layers(model)
+    rounded = {type(layer.get_base_layer()).__name__ + str(tuple(lora_kernels.frozen_shape(layer.get_base_layer())))
+               for layer in layers if layer.nerbench_frozen.fp8_weight is not None}
+    assert rounded == {"Linear(64, 64)", "Linear(128, 64)", "Linear(64, 128)"}
+    assert all(layer.nerbench_frozen.fp8_weight is None for layer in layers
+               if min(lora_kernels.frozen_shape(layer.get_base_layer())) < 64)
 
 
 def test_fp8_needs_the_tensor_cores_and_weights_in_multiples_of_16(monkeypatch):
@@ -162,18 +188,43 @@ def test_fp8_needs_the_tensor_cores_and_weights_in_multiples_of_16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) == (
         "no FP8 tensor cores (Ada or Hopper and later)")
+    monkeypatch.setattr(fp8, "_rowwise_fails", lambda index: None)  # (the tried matmul: on the GPU test below)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) is None
+    assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda"), auto=True) is None
     assert fp8.unsupported([torch.Size([48, 72])], torch.device("cuda")) == (
         "a frozen weight of shape (48, 72): FP8 matmuls take dimensions in multiples of 16")
+    for other in ((8, 9), (10, 0)):  # Ada, Blackwell: true takes it where torch's matmul runs; auto does not
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: other)
+        assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) is None
+        assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda"), auto=True) == (
+            "auto: measured to pay on Hopper GPUs only (fp8_matmuls = true takes it here)")
+    monkeypatch.setattr(fp8, "_rowwise_fails", lambda index: "torch's rowwise FP8 matmul fails on this GPU: no")
+    assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) == (
+        "torch's rowwise FP8 matmul fails on this GPU: no")
+    assert fp8.pays(torch.Size([4096, 11008])) and not fp8.pays(torch.Size([6912, 2560]))
 
 
-def test_the_switch_at_its_default_keeps_the_run_keys_it_had_before_it_existed():
+def test_the_switch_keeps_the_run_keys_it_had_before_it_existed():
     suite = load_suite(Path(__file__).resolve().parent.parent / "bench" / "suites" / "offline.toml")
-    (minilm,) = [s for s in suite if s.name == "minilm"]
-    assert minilm.hash() == "32535818892ba58b"  # its hash before fp8_matmuls (commit 5161c59): records stay found
-    on = dataclasses.replace(minilm, train=dataclasses.replace(minilm.train, fp8_matmuls=True))
-    assert on.hash() != minilm.hash()
+    by_name = {s.name: s for s in suite}
+    minilm, qlora = by_name["minilm"], by_name["smollm2-qlora"]
+
+    def with_fp8(s, value):
+        return dataclasses.replace(s, train=dataclasses.replace(s.train, fp8_matmuls=value))
+
+    # their hashes before fp8_matmuls (commit 5161c59): records stay found. For methods other than QLoRA no value of
+    # the switch can change anything; for QLoRA, false is what ran before it existed
+    assert minilm.hash() == with_fp8(minilm, True).hash() == "32535818892ba58b"
+    assert with_fp8(qlora, False).hash() == "2f54a582b7f5c344"
+    assert len({with_fp8(qlora, v).hash() for v in (False, True, "auto")}) == 3
+
+
+@needs_fp8
+def test_the_tried_matmul_runs_on_this_gpu():
+    """The H100s and H200s the lever was measured on: torch's rowwise FP8 matmul with a bias runs (fp8._rowwise_fails
+    keeps FP8 off where it does not)."""
+    assert fp8.unsupported([torch.Size([16, 16])], torch.device("cuda"), auto=True) is None
 
 
 @needs_fp8

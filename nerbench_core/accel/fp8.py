@@ -15,6 +15,7 @@ output row for the forward, ``(in, out)`` scaled by input column for the input g
 """
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -40,15 +41,46 @@ def rowwise(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (wide / scale).clamp_(-LARGEST, LARGEST).to(FORMAT), scale
 
 
-def unsupported(weight_shapes: list[torch.Size], device: torch.device | None) -> str | None:
-    """Why the frozen matmuls cannot run in FP8 here, or None."""
+# ``fp8_matmuls = "auto"`` takes FP8 for a projection whose weight has both dimensions at least this large: on an
+# H200 a projection's two matmuls, rounding included, ran faster in FP8 from the 7B's 4,096 on, and not at the 4B's
+# 2,560 (docs/PERFORMANCE.md, kernel_times.py)
+PAYS_FROM = 4096
+
+
+def pays(shape: torch.Size) -> bool:
+    """Whether ``auto`` takes FP8 for a frozen weight of this (out, in) shape."""
+    return min(shape) >= PAYS_FROM
+
+
+def unsupported(weight_shapes: list[torch.Size], device: torch.device | None, auto: bool = False) -> str | None:
+    """Why the frozen matmuls cannot run in FP8 here, or None; with ``auto``, also where it was not measured to pay
+    (GPUs other than Hopper)."""
     if device is None or device.type != "cuda":
         return "no CUDA"
-    if torch.cuda.get_device_capability(device) < (8, 9):
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 9):
         return "no FP8 tensor cores (Ada or Hopper and later)"
+    if auto and capability[0] != 9:
+        return "auto: measured to pay on Hopper GPUs only (fp8_matmuls = true takes it here)"
     odd = [tuple(s) for s in weight_shapes if s[0] % MULTIPLE or s[1] % MULTIPLE]
     if odd:
         return f"a frozen weight of shape {odd[0]}: FP8 matmuls take dimensions in multiples of {MULTIPLE}"
+    return _rowwise_fails(device.index or 0)
+
+
+@functools.cache
+def _rowwise_fails(device_index: int) -> str | None:
+    """Whether torch's rowwise-scaled FP8 matmul (with a bias) runs on this GPU: which GPUs it serves has changed from
+    one torch release to the next (Ada's and Blackwell's among them), so it is tried once, on a 16 x 16 product."""
+    device = torch.device("cuda", device_index)
+    a = torch.ones(MULTIPLE, MULTIPLE, device=device)
+    try:
+        q, scale = rowwise(a)
+        out = torch.empty(MULTIPLE, MULTIPLE, dtype=torch.bfloat16, device=device)
+        _scaled_mm(q, scale, q.t(), scale.view(1, -1), out, torch.zeros(MULTIPLE, dtype=torch.bfloat16, device=device))
+        torch.cuda.synchronize(device)
+    except Exception as err:  # noqa: BLE001 (the reason goes into the record: any failure means off)
+        return f"torch's rowwise FP8 matmul fails on this GPU: {str(err).splitlines()[0][:200]}"
     return None
 
 

@@ -17,6 +17,7 @@ biases, no autocast and mixed dtypes).
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -92,10 +93,14 @@ class FrozenWeight:
         return torch.mm(g, self.weight(dtype)) if self.fp8_weight is None else self.fp8_weight.grad_input(g, dtype)
 
 
+def frozen_shape(base: nn.Module) -> torch.Size:
+    """The (out, in) shape of a base layer's weight, a 4-bit one's as its quantization state records it."""
+    qs = getattr(base.weight, "quant_state", None)
+    return torch.Size(qs.shape) if qs else base.weight.shape
+
+
 def frozen_shapes(bases: list[nn.Module]) -> list[torch.Size]:
-    """The (out, in) shapes of the base layers' weights, 4-bit ones as their quantization state records them."""
-    return [torch.Size(b.weight.quant_state.shape) if getattr(b.weight, "quant_state", None) else b.weight.shape
-            for b in bases]
+    return [frozen_shape(b) for b in bases]
 
 
 def scales_bytes(bases: list[nn.Module]) -> int:
@@ -257,22 +262,24 @@ def lora_linears(model: nn.Module) -> list[nn.Module]:
 
 
 def install(model: nn.Module, keep_weight: torch.dtype | None = None, keep_block_scales: bool = True,
-            dropout_seed: DropoutSeed | None = None, kernel_grad: bool = False, fp8: bool = False) -> int:
+            dropout_seed: DropoutSeed | None = None, kernel_grad: bool = False,
+            fp8: Callable[[torch.Size], bool] | None = None) -> int:
     """Route every LoRA projection of ``model`` through :class:`LoraProjection`; returns how many. With
     ``keep_weight``, their 4-bit weights are kept dequantized in that dtype (:class:`FrozenWeight`); else, with
     ``keep_block_scales``, their block scales are (accel.plan decides both). With ``dropout_seed``, their dropout
     masks are keyed by that step seed and the projection's number (seeded_dropout.py). With ``kernel_grad`` (CUDA),
     the input gradient's LoRA product goes through the dropout mask and into the gradient in one Triton kernel
     (triton_kernels.masked_lora_grad_) instead of a matmul and two elementwise passes. With ``fp8``, the frozen weights'
-    matmuls run in FP8 (fp8.py), each weight kept as float8 (``keep_weight`` names the dtype a 4-bit weight is
-    dequantized to first; accel.plan asks for it only where 4-bit weights are kept dequantized, so that float8 takes
-    the place of the 16-bit copy)."""
+    matmuls of the projections whose (out, in) weight shape it takes run in FP8 (fp8.py), each such weight kept as
+    float8 (``keep_weight`` names the dtype a 4-bit weight is dequantized to first; accel.plan asks for it only where
+    4-bit weights are kept dequantized, so that float8 takes the place of the 16-bit copy)."""
     layers = fused_layers(model)
     keep = keep_weight is None and keep_block_scales
     if dropout_seed is not None and len(layers) > MAX_SALTS:
         raise ValueError(f"seeded LoRA dropout: {len(layers)} projections, over the {MAX_SALTS} keys it has")
     for salt, layer in enumerate(layers):
-        layer.nerbench_frozen = FrozenWeight(layer.get_base_layer(), keep, keep_weight, fp8)
+        base = layer.get_base_layer()
+        layer.nerbench_frozen = FrozenWeight(base, keep, keep_weight, fp8 is not None and fp8(frozen_shape(base)))
         layer.nerbench_dropout_seed = (dropout_seed, salt) if dropout_seed is not None else None
         layer.nerbench_kernel_grad = kernel_grad
         layer.forward = types.MethodType(fused_forward, layer)

@@ -193,15 +193,25 @@ class _Case:
     def fp8_matmuls(self, fused: Lever, keep: Lever) -> Lever:
         """Where asked for, on FP8 tensor cores with Triton (the rounding pass), with fused LoRA and bf16 compute, and
         only in the place of 4-bit weights kept dequantized: their float8 copies take the memory of the bf16 copy,
-        which the memory rules have made room for (float8 copies of 16-bit weights would be memory no rule counted)."""
-        why = self.triton_off(self.t.fp8_matmuls) or ("needs fused LoRA" if not fused.on else None) or (
-            fp8.unsupported(lora_kernels.frozen_shapes(self.bases), self.device))
+        which the memory rules have made room for (float8 copies of 16-bit weights would be memory no rule counted).
+        "auto": on Hopper GPUs, for the projections large enough to gain (fp8.pays)."""
+        setting = self.t.fp8_matmuls
+        shapes = lora_kernels.frozen_shapes(self.bases)
+        chosen = [s for s in shapes if fp8.pays(s)] if setting == "auto" else shapes
+        why = self.triton_off(setting) or ("needs fused LoRA" if not fused.on else None) or (
+            fp8.unsupported(chosen, self.device, auto=setting == "auto"))
         if why is None and self.dtype != torch.bfloat16:  # torch._scaled_mm writes rowwise-scaled products in bf16
             why = f"{dtype_name(self.dtype)} compute"
         if why is None and not keep.on:
             why = "needs 4-bit weights kept dequantized"
-        detail = f"e4m3, rowwise scales, {self.kept_bytes() / 1e9:.1f} GB in place of the {dtype_name(self.dtype)} copy"
-        return Lever(why is None, why or "asked for", detail if why is None else "")
+        if why is None and not chosen:
+            why = f"auto: no projection with both dimensions of at least {fp8.PAYS_FROM}"
+        if why is not None:
+            return Lever(False, why)
+        moved = sum(s.numel() for s in chosen) * self.dtype.itemsize  # two float8 layouts in place of one bf16 copy
+        return Lever(True, "asked for" if setting is True else "auto: large projections on a Hopper GPU",
+                     f"e4m3, rowwise scales, {len(chosen)} of {len(shapes)} projections, {moved / 1e9:.1f} GB in "
+                     f"place of their {dtype_name(self.dtype)} copy")
 
     def block_scales(self, fused: Lever, keep: Lever) -> Lever:
         """The 4-bit weights' block scales dequantized once (where the weights themselves are not kept)."""
@@ -289,8 +299,10 @@ def apply(accel: AccelPlan, spec, built) -> None:
     if accel.fused_lora.on:
         keep = compute_dtype(spec) if accel.keep_dequantized.on else None
         seed = seeded_dropout.DropoutSeed(next(built.model.parameters()).device) if accel.seeded_dropout else None
-        lora_kernels.install(built.model, keep, accel.block_scales.on, seed, accel.fused_lora_backward.on,
-                             accel.fp8_matmuls.on)
+        fp8_for = None
+        if accel.fp8_matmuls.on:  # "auto": the projections that pay, as the plan counted them; else every one
+            fp8_for = fp8.pays if spec.train.fp8_matmuls == "auto" else (lambda shape: True)
+        lora_kernels.install(built.model, keep, accel.block_scales.on, seed, accel.fused_lora_backward.on, fp8_for)
         built.model.nerbench_dropout_seed = seed  # drawn at the start of every graphed step (cuda_graphs.py)
 
 
