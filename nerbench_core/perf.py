@@ -46,7 +46,8 @@ VARIANTS = {
                             ["--backend", "hf", "--set", "fused_lora_backward=false"]),
     "bf16-matmuls": ("the default with the frozen weights' matmuls in bf16 (fp8_matmuls off)",
                      ["--backend", "hf", "--set", "fp8_matmuls=false"]),
-    "fp8": ("the default with every frozen weight's matmuls in FP8 (fp8_matmuls on, not only where auto finds they pay)",
+    "fp8": ("the default with every frozen weight's matmuls in FP8 (fp8_matmuls on, not only where auto finds they "
+            "pay)",
             ["--backend", "hf", "--set", "fp8_matmuls=true"]),
     "padded": ("the default with padded batches (packed_sequences off)",
                ["--backend", "hf", "--set", "packed_sequences=false"]),

@@ -183,6 +183,22 @@ def test_auto_gives_fp8_only_to_the_projections_that_pay(qwen_dir, tmp_path, mon
                if min(lora_kernels.frozen_shape(layer.get_base_layer())) < 64)
 
 
+def test_a_decoder_layer_rounds_its_attention_input_and_its_mlp_input_once_each(qwen_dir, tmp_path, monkeypatch):
+    """In the model as transformers runs it, q, k and v are handed one tensor, as are gate and up: a forward rounds
+    four inputs a layer (attention's, o's, the MLP's, down's), not seven. A model that gave each projection its own
+    copy would pass the unit test above and share nothing."""
+    spec = spec_for(qwen_dir, method="lora")
+    model = build(spec, ["O"], tmp_path).model.cpu().float()
+    lora_kernels.install(model, fp8=lambda shape: True)  # (CPU: torch's _scaled_mm or its float32 emulation)
+    layers = model.config.num_hidden_layers
+    calls = []
+    rowwise = fp8.rowwise
+    monkeypatch.setattr(fp8, "rowwise", lambda t: calls.append(t.shape) or rowwise(t))
+    with torch.no_grad():
+        model(input_ids=torch.randint(1, 200, (2, 16), generator=torch.Generator().manual_seed(7)))
+    assert len(calls) == 4 * layers
+
+
 def test_fp8_needs_the_tensor_cores_and_weights_in_multiples_of_16(monkeypatch):
     assert fp8.unsupported([torch.Size([48, 64])], torch.device("cpu")) == "no CUDA"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))

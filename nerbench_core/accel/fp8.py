@@ -1,13 +1,14 @@
-"""The frozen weights' matmuls in FP8 (``fp8_matmuls``, off by default): a LoRA projection's ``x W^T`` and its input
-gradient ``g W`` on the FP8 tensor cores of Hopper and Ada GPUs, which do twice the bf16 work a cycle.
+"""The frozen weights' matmuls in FP8 (``fp8_matmuls``; by default "auto", see :func:`pays`): a LoRA projection's
+``x W^T`` and its input gradient ``g W`` on the FP8 tensor cores of Hopper and Ada GPUs, which do twice the bf16 work
+a cycle.
 
 Why: with the weights kept dequantized, the frozen weights' matmuls are the largest part of a decoder's training step
 (Qwen1.5-7B on an H200: about 60% of the GPU's time, docs/PERFORMANCE.md), and QLoRA's weights carry 4 bits of their
 own already. What it changes: both operands of those matmuls are rounded to float8 e4m3 (3 mantissa bits) with one
 scale a row (a token of ``x`` or ``g``) and one a column of the weight (absmax scaling, as torch's and torchao's
 "rowwise" FP8 recipe), the products accumulated in float32 and written in the compute dtype. The adapters, attention,
-norms and everything else stay in the compute dtype. The arithmetic is not the bf16 path's, so the lever is off until
-seeded F1 runs show it within noise (docs/PERFORMANCE.md says where that stands).
+norms and everything else stay in the compute dtype. The arithmetic is not the bf16 path's; seeded F1 runs found no
+difference beyond the seeds' noise (docs/PERFORMANCE.md, section 3).
 
 The weight is stored twice in FP8 (one byte a weight each: the memory of one bf16 copy): ``(out, in)`` scaled by
 output row for the forward, ``(in, out)`` scaled by input column for the input gradient, each the layout
