@@ -56,8 +56,9 @@ def pytest_addoption(parser):
     g.addoption("--backend", choices=CHOICES, default=None, help="force a backend for every case")
     g.addoption("--epochs", type=float, default=None, help="override every case's number of epochs")
     g.addoption("--set", action="append", default=[], metavar="KEY=VALUE", dest="nerbench_set",
-                help="override a training field of every case, e.g. --set batch_size=64 "
-                     "--set max_tokens_per_batch=4096 --set group_by_length=false (fields: specs.TrainConfig)")
+                help="override a training field of every selected case, e.g. --set batch_size=64 "
+                     "--set max_tokens_per_batch=4096 --set group_by_length=false (fields: specs.TrainConfig; also "
+                     "paradigm, output_format, context_sentences, attention, backend, method)")
     g.addoption("--rerun", action="store_true", help="run cases again even when a record for the same run key exists")
     g.addoption("--skip-unavailable", action="store_true",
                 help="skip cases whose model or data cannot be had here and exit 0 (default: such a run fails)")
@@ -144,12 +145,12 @@ def _start(config) -> _Run:
     options = startup.run_options(config, shared_by)
     checked_here = startup.bench_requested(config) and not is_worker(config)  # workers: the controller checked
     if checked_here:
-        startup.check_before_training(config, options)
+        startup.check_before_training(config, options, _selected_specs(config))
     opt = config.getoption
     baselines = Baselines.load(opt("--compare"), opt("--compare-fail")) if opt("--compare") else None
     session = Session(options, Path(opt("--results-dir")).resolve(), rerun=opt("--rerun"), baselines=baselines)
     session.progress = _progress_sink(config) if options.progress else None
-    return _Run(session, startup.load_data(config, options) if checked_here else None)
+    return _Run(session, startup.load_data(config, options, _selected_specs(config)) if checked_here else None)
 
 
 # ---------------------------------------------------------------- the cases
@@ -178,6 +179,32 @@ def _cases(config) -> list[tuple[str, object]]:
         seeds = forced or spec.run_seeds
         cases += [(spec.name if len(seeds) == 1 else f"{spec.name}-seed{seed}", spec.seeded(seed)) for seed in seeds]
     return cases
+
+
+def _selected_specs(config) -> dict:
+    """The specs of the cases -k and -m select, by name: what the checks before training and the data's check read
+    (an option may not fit a case left out, such as --set attention=bidirectional for BERT)."""
+    return {spec.name: spec for _, spec in _selected(config, _cases(config))}
+
+
+def _selected(config, cases: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """The cases -k and -m will leave, worked out before collection with pytest's own expressions on each case's test
+    name (``test_ner[ID]`` in ``bench/test_ner.py``) and marks (``bench`` and its family); every case where an
+    expression does not parse (pytest reports that itself)."""
+    from _pytest.mark.expression import Expression  # pytest's -k and -m language (pytest is pinned)
+
+    try:
+        keyword, marks = (Expression.compile(e) if e else None
+                          for e in (config.getoption("keyword"), config.getoption("markexpr")))
+    except SyntaxError:  # (pytest reports it)
+        return cases
+
+    def kept(case_id: str, spec) -> bool:
+        names = (f"test_ner[{case_id}]", "test_ner.py", "bench", config.rootpath.name, spec.family)
+        return (keyword is None or keyword.evaluate(lambda part, **_: any(part.lower() in n.lower() for n in names))) \
+            and (marks is None or marks.evaluate(lambda mark, **_: mark in ("bench", spec.family)))
+
+    return [(case_id, spec) for case_id, spec in cases if kept(case_id, spec)]
 
 
 def _spec_of(item):
@@ -256,7 +283,7 @@ def ner_dataset(request):
     dataset = _run(request.config).dataset
     if dataset is None:  # an xdist worker: the controller has read and cached it
         try:
-            dataset = load_data(request.config, _session(request.config).options)
+            dataset = load_data(request.config, _session(request.config).options, _selected_specs(request.config))
         except StartupError as err:
             raise pytest.UsageError(str(err)) from None
     if isinstance(dataset, str):  # unavailable, and --skip-unavailable

@@ -207,6 +207,10 @@ class ModelSpec:
             raise SpecError(f"{where}: bidirectional_layers must be >= 1 (or left out: every layer)")
         if self.method in ("lora", "qlora") and self.lora is None:
             object.__setattr__(self, "lora", LoraSpec())
+        if self.family == "encoder" and self.lora is not None and \
+                self.lora.target_modules == LoraSpec.__dataclass_fields__["target_modules"].default:
+            raise SpecError(f"{where}: method {self.method!r} on an encoder needs lora.target_modules: the default "
+                            f"names decoder projections ({', '.join(self.lora.target_modules)})")
         if self.method == "full" and self.lora is not None:
             raise SpecError(f"{where}: [lora] is set but method is 'full'")
         if self.family == "encoder" and self.attention == "bidirectional":
@@ -233,6 +237,8 @@ class ModelSpec:
         top_over = {k: v for k, v in overrides.items() if k not in train_over}
         if train_over:
             spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **train_over))
+        if top_over.get("method") == "full":  # a LoRA case fine-tuned whole: its adapter's settings go with the method
+            top_over["lora"] = None
         return dataclasses.replace(spec, **top_over) if top_over else spec
 
     def floor_for(self, quick: bool, data: "DataIdentity") -> tuple[float | None, str]:
@@ -253,7 +259,9 @@ class ModelSpec:
 
     def hash(self, seed: bool = True) -> str:
         """Hash of everything that changes the result: not the name, floors, seeds or where it was read from; with
-        ``seed`` false not the training seed either (the configuration shared by a case's seeds)."""
+        ``seed`` false not the training seed either (the configuration shared by a case's seeds). The levers' "auto"
+        decisions, which follow the hardware (memory, FP8 on Hopper), are not part of it: a record says what was
+        decided (``record.model["accel"]``), and a --label or --gpu-memory run has keys of its own (runner.key_for)."""
         d = self.to_dict()
         for k in ("name", "floor", "suite", "quick", "seeds"):
             d.pop(k)
@@ -265,9 +273,10 @@ class ModelSpec:
             d.pop("context_sentences")
         if d["train"]["graphed_generation"]:  # a field added later, at its default: earlier records' hashes stay
             d["train"].pop("graphed_generation")
-        if d["method"] != "qlora" or d["train"]["fp8_matmuls"] is False:
-            # the same, at its first default; and FP8 takes the place of 4-bit weights' dequantized copy, so that for
-            # other methods no value of it changes anything
+        if d["method"] != "qlora" or d["train"]["fp8_matmuls"] is not True:
+            # the same, at false (its first default) and at "auto", which is bf16 but for large projections on Hopper
+            # GPUs: a choice of the hardware's, as the other levers' "auto" (the record says what was decided); FP8
+            # takes the place of 4-bit weights' dequantized copy, so that for other methods no value changes anything
             d["train"].pop("fp8_matmuls")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 

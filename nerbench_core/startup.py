@@ -149,18 +149,15 @@ def run_options(config, shared_by: int):
                       report_to=opt("--report-to"), progress=config.option.verbose >= 0, overrides=overrides)
 
 
-def check_before_training(config, options) -> None:
-    """Everything that can be known wrong before a model loads, each reported once, naming the option or file."""
+def check_before_training(config, options, selected: dict) -> None:
+    """Everything that can be known wrong before a model loads, each reported once, naming the option or file;
+    ``selected``: the specs of the cases -k and -m select, by name (the options are checked against those)."""
     from . import atomic
     from .reporting.baselines import Baselines, BaselinesError
     from .reporting.table import columns_for
-    from .specs import SpecError, resolve_suite
 
     opt = config.getoption
-    try:
-        specs = resolve_suite(opt("--suite"))
-    except SpecError as err:
-        raise StartupError(str(err)) from None
+    specs = list(selected.values())
     check_optimizers(specs, options)
     check_models(specs, options)
     if opt("--seeds") is not None:
@@ -252,12 +249,12 @@ def seeds_option(config) -> tuple[int, ...] | None:
     return seeds
 
 
-def load_data(config, options):
+def load_data(config, options, selected: dict):
     """The dataset, read, validated and cached once, before any case: a bad file stops the run with one message
-    (file:line: what); data that cannot be had stops it too, unless --skip-unavailable. Document context needs
-    document boundaries (-DOCSTART- lines): without them it would run across documents."""
+    (file:line: what); data that cannot be had stops it too, unless --skip-unavailable. Document context (of a case in
+    ``selected``, the specs -k and -m select, by name) needs document boundaries (-DOCSTART- lines): without them it
+    would run across documents."""
     from .data import DEFAULT_HUB_DATASET, ConllFormatError, load_cached
-    from .specs import resolve_suite
 
     opt = config.getoption
     try:
@@ -272,8 +269,7 @@ def load_data(config, options):
         if opt("--skip-unavailable"):
             return reason
         raise StartupError(reason + " (or --skip-unavailable to skip the cases)") from None
-    context = [s.name for s in resolve_suite(opt("--suite"))
-               if s.for_run(options.quick, **options.overrides).context_sentences]
+    context = [s.name for s in selected.values() if s.for_run(options.quick, **options.overrides).context_sentences]
     if context and min(dataset.documents(split) for split in dataset.splits) < 2:
         raise StartupError(f"context_sentences ({', '.join(context)}): {dataset.source} has no document boundaries "
                            "(-DOCSTART- lines), so neighbouring sentences would come from other documents")

@@ -16,7 +16,8 @@ from nerbench_core.specs import load_suite
 from .helpers import build, on_device_of, planned
 from .test_decoder import spec_for
 
-FP8_CORES = torch.cuda.is_available() and fp8.unsupported([], torch.device("cuda")) is None
+# by capability alone: the tried matmul (fp8._rowwise_fails) is what a test below checks
+FP8_CORES = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 needs_fp8 = pytest.mark.skipif(not FP8_CORES, reason="FP8 tensor cores")
 
 
@@ -81,7 +82,16 @@ def test_projections_reading_one_input_round_it_once_and_add_their_bias_in_the_m
     x.mul_(2)  # in place: its version moves on
     torch.testing.assert_close(weights[0].linear(x, torch.float32), 2 * expected[0], rtol=1e-6, atol=1e-6)
     weights[0].linear(x.clone(), torch.float32)  # equal values, another tensor
-    assert len(calls) == 3
+    assert len(calls) == 3 and fp8._LAST.rounded is None  # (the copy is gone, and its rounding with it)
+    weights[0].linear(x, torch.float32)
+    weights[0].grad_input(torch.randn(38, 48, generator=g), torch.float32)  # a gradient: rounded, not kept
+    assert len(calls) == 5 and fp8._LAST.ref() is x and fp8._LAST.rounded is not None
+    del x
+    assert fp8._LAST.rounded is None  # let go with its input
+    with torch.inference_mode():  # (no version counter) rounded every time
+        y = torch.randn(4, 64)
+        weights[0].linear(y, torch.float32), weights[1].linear(y, torch.float32)
+    assert len(calls) == 7
 
 
 def test_a_projection_with_fp8_matmuls_changes_only_the_frozen_weights_products(qwen_dir, tmp_path):
@@ -204,7 +214,8 @@ def test_fp8_needs_the_tensor_cores_and_weights_in_multiples_of_16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) == (
         "no FP8 tensor cores (Ada or Hopper and later)")
-    monkeypatch.setattr(fp8, "_rowwise_fails", lambda index: None)  # (the tried matmul: on the GPU test below)
+    monkeypatch.setattr(fp8, "_rowwise_fails", lambda device: None)  # (the tried matmul: on the GPU test below)
+    monkeypatch.setattr(fp8, "_TRIED", {})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) is None
     assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda"), auto=True) is None
@@ -215,10 +226,29 @@ def test_fp8_needs_the_tensor_cores_and_weights_in_multiples_of_16(monkeypatch):
         assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) is None
         assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda"), auto=True) == (
             "auto: measured to pay on Hopper GPUs only (fp8_matmuls = true takes it here)")
-    monkeypatch.setattr(fp8, "_rowwise_fails", lambda index: "torch's rowwise FP8 matmul fails on this GPU: no")
+    monkeypatch.setattr(fp8, "_rowwise_fails", lambda device: "the rowwise FP8 matmul fails on this GPU: no")
+    assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) is None  # asked once a process a GPU
+    monkeypatch.setattr(fp8, "_TRIED", {})
     assert fp8.unsupported([torch.Size([48, 64])], torch.device("cuda")) == (
-        "torch's rowwise FP8 matmul fails on this GPU: no")
+        "the rowwise FP8 matmul fails on this GPU: no")
     assert fp8.pays(torch.Size([4096, 11008])) and not fp8.pays(torch.Size([6912, 2560]))
+
+
+def test_the_tried_matmul_catches_a_kernel_that_raises_or_computes_wrong(monkeypatch):
+    """fp8._rowwise_fails on a CPU (torch's CPU kernel or its emulation), then with a kernel that drops the bias and
+    with one that raises."""
+    assert fp8._rowwise_fails(torch.device("cpu")) is None
+    right = fp8._scaled_mm
+    monkeypatch.setattr(fp8, "_scaled_mm", lambda a_q, a_scale, b_q, b_scale, out, bias: right(a_q, a_scale, b_q,
+                                                                                              b_scale, out))
+    assert fp8._rowwise_fails(torch.device("cpu")) == "the rowwise FP8 matmul gives wrong products on this GPU"
+
+    def raises(*args):
+        raise RuntimeError("rowwise scaling is not supported here\nmore")
+
+    monkeypatch.setattr(fp8, "_scaled_mm", raises)
+    assert fp8._rowwise_fails(torch.device("cpu")) == (
+        "the rowwise FP8 matmul fails on this GPU: rowwise scaling is not supported here")
 
 
 def test_the_switch_keeps_the_run_keys_it_had_before_it_existed():
@@ -230,17 +260,18 @@ def test_the_switch_keeps_the_run_keys_it_had_before_it_existed():
         return dataclasses.replace(s, train=dataclasses.replace(s.train, fp8_matmuls=value))
 
     # their hashes before fp8_matmuls (commit 5161c59): records stay found. For methods other than QLoRA no value of
-    # the switch can change anything; for QLoRA, false is what ran before it existed
+    # the switch can change anything
     assert minilm.hash() == with_fp8(minilm, True).hash() == "32535818892ba58b"
-    assert with_fp8(qlora, False).hash() == "2f54a582b7f5c344"
-    assert len({with_fp8(qlora, v).hash() for v in (False, True, "auto")}) == 3
+    # for QLoRA false is what ran before it existed, and auto, the hardware's choice, as false (records say which ran)
+    assert with_fp8(qlora, False).hash() == with_fp8(qlora, "auto").hash() == "2f54a582b7f5c344"
+    assert with_fp8(qlora, True).hash() != qlora.hash()
 
 
 @needs_fp8
 def test_the_tried_matmul_runs_on_this_gpu():
     """The H100s and H200s the lever was measured on: torch's rowwise FP8 matmul with a bias runs (fp8._rowwise_fails
     keeps FP8 off where it does not)."""
-    assert fp8.unsupported([torch.Size([16, 16])], torch.device("cuda"), auto=True) is None
+    assert fp8._rowwise_fails(torch.device("cuda", torch.cuda.current_device())) is None
 
 
 @needs_fp8
@@ -279,6 +310,8 @@ def test_a_training_step_with_fp8_matmuls_is_close_to_the_bf16_step(qwen_dir, tm
         torch.manual_seed(0)  # the same new head and LoRA weights in both models
         built = build(s, ["O", "B-PER", "I-PER"], tmp_path / str(fp8_on))
         assert planned(s, built).fp8_matmuls.on == fp8_on
+        assert any(layer.nerbench_frozen.fp8_weight is not None
+                   for layer in lora_kernels.fused_layers(built.model)) == fp8_on
         model = built.model
         torch.manual_seed(1)
         for layer in lora_kernels.lora_linears(model):
@@ -293,5 +326,6 @@ def test_a_training_step_with_fp8_matmuls_is_close_to_the_bf16_step(qwen_dir, tm
         return loss.item(), torch.cat([p.grad.flatten().float() for p in model.parameters() if p.requires_grad])
 
     (loss8, grads8), (loss, grads) = step(True), step(False)
+    assert loss8 != loss  # FP8 ran (the plan's decision is checked in step)
     cosine = torch.nn.functional.cosine_similarity(grads8, grads, dim=0).item()
     assert abs(loss8 - loss) < 0.01 * abs(loss) and cosine > 0.95, (loss8, loss, cosine)

@@ -101,6 +101,22 @@ def test_bad_options_are_named_before_training(bench, args, message):
     usage_error(run(pytester, data, tiny_bert_suite(pytester, model), *args), message)
 
 
+def test_set_is_checked_against_the_cases_k_and_m_select(bench):
+    """--set attention=bidirectional cannot apply to an encoder: with the encoder selected the run stops naming it,
+    with it left out by -k or -m the decoder's case goes ahead (collected here, not trained)."""
+    pytester, data, model = bench
+    s = suite(pytester, f'[[model]]\nname = "tiny-bert"\nmodel = "{model}"\ntrain = {TRAIN}\n\n'
+                        f'[[model]]\nname = "tiny-dec"\nfamily = "decoder"\nmethod = "lora"\nmodel = "{model}"\n'
+                        f'train = {TRAIN}\n')
+    setting = ("--set", "attention=bidirectional")
+    usage_error(run(pytester, data, s, *setting), "model 'tiny-bert': attention applies to decoders")
+    usage_error(run(pytester, data, s, *setting, "-m", "encoder"), "model 'tiny-bert': attention applies to decoders")
+    for select in (("-k", "tiny-dec"), ("-k", "not bert"), ("-m", "decoder and bench")):
+        result = run(pytester, data, s, *setting, *select, "--collect-only", "-q")
+        out = result.stdout.str()
+        assert result.ret == 0 and "test_ner[tiny-dec]" in out and "tiny-bert" not in out, result.stderr.str()[-2000:]
+
+
 def test_stray_json_in_the_results_folder_is_passed_over_with_one_warning(bench):
     pytester, data, model = bench
     results = pytester.path / "results"

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from nerbench_core.specs import SpecError, load_suite, resolve_suite
+from nerbench_core.specs import LoraSpec, SpecError, load_suite, resolve_suite
 
 
 def test_seed_suite_is_bert_and_five_qwen_models():
@@ -44,6 +44,7 @@ def write(tmp_path, text):
     ('[[model]]\nname = "x"\nmodel = "m"\ntrain = { epochs = "three" }\n', "train.epochs: expected float"),
     ('[[model]]\nname = "x"\n', "missing 1 required positional argument: 'model'"),
     ('[[model]]\nname = "x"\nmodel = "m"\nfamily = "encoder"\nattention = "bidirectional"\n', "attention applies to decoders"),
+    ('[[model]]\nname = "x"\nmodel = "m"\nfamily = "encoder"\nmethod = "lora"\n', "on an encoder needs lora.target_modules"),
     ('[[model]]\nname = "x"\nmodel = "m"\nquick = { epoch = 1 }\n', "[quick] has unknown keys"),
     ('[[model]]\nname = "x"\nmodel = "m"\n[[model]]\nname = "x"\nmodel = "n"\n', "duplicate name 'x'"),
     ('[model\n', "not valid TOML"),
@@ -70,6 +71,11 @@ def test_hash_follows_what_changes_results_and_quick_overrides_apply(tmp_path):
     quick = spec.for_run(quick=True)
     assert quick.train.epochs == 1.0 and spec.train.epochs == 3.0 and quick.hash() != spec.hash()
     assert spec.for_run(quick=False, backend="hf", epochs=2).train.epochs == 2
+    # --set method: a LoRA case fine-tuned whole leaves its adapter's settings; made LoRA, it gets the default ones
+    lora = dataclasses.replace(spec, family="decoder", method="lora", lora=LoraSpec(r=8))
+    assert lora.for_run(quick=False, method="full").lora is None
+    assert lora.for_run(quick=False, method="qlora").lora.r == 8
+    assert dataclasses.replace(spec, family="decoder").for_run(quick=False, method="lora").lora == LoraSpec()
     from nerbench_core.data import DataIdentity
 
     conll, other = DataIdentity("conll2003", "fp1"), DataIdentity("", "fp2")

@@ -16,8 +16,8 @@ output row for the forward, ``(in, out)`` scaled by input column for the input g
 """
 from __future__ import annotations
 
-import functools
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,12 @@ def pays(shape: torch.Size) -> bool:
     return min(shape) >= PAYS_FROM
 
 
+def chooser(setting: bool | str) -> Callable[[torch.Size], bool]:
+    """Which frozen weights (by their (out, in) shape) take FP8 where the lever is on: for ``"auto"`` those that pay,
+    for ``true`` every one. The plan counts them with it and installs them with it."""
+    return pays if setting == "auto" else (lambda shape: True)
+
+
 def unsupported(weight_shapes: list[torch.Size], device: torch.device | None, auto: bool = False) -> str | None:
     """Why the frozen matmuls cannot run in FP8 here, or None; with ``auto``, also where it was not measured to pay
     (GPUs other than Hopper)."""
@@ -66,42 +72,70 @@ def unsupported(weight_shapes: list[torch.Size], device: torch.device | None, au
     odd = [tuple(s) for s in weight_shapes if s[0] % MULTIPLE or s[1] % MULTIPLE]
     if odd:
         return f"a frozen weight of shape {odd[0]}: FP8 matmuls take dimensions in multiples of {MULTIPLE}"
-    return _rowwise_fails(device.index or 0)
+    index = device.index or 0
+    if index not in _TRIED:
+        _TRIED[index] = _rowwise_fails(torch.device("cuda", index))
+    return _TRIED[index]
 
 
-@functools.cache
-def _rowwise_fails(device_index: int) -> str | None:
-    """Whether torch's rowwise-scaled FP8 matmul (with a bias) runs on this GPU: which GPUs it serves has changed from
-    one torch release to the next (Ada's and Blackwell's among them), so it is tried once, on a 16 x 16 product."""
-    device = torch.device("cuda", device_index)
-    a = torch.ones(MULTIPLE, MULTIPLE, device=device)
+_TRIED: dict[int, str | None] = {}  # a GPU's answer to _rowwise_fails, asked once a process
+
+
+def _rowwise_fails(device: torch.device) -> str | None:
+    """Why the rowwise-scaled FP8 matmul (torch's, with a bias, and the Triton rounding pass) does not compute the
+    product on this GPU, or None: which GPUs torch's kernel serves has changed from one torch release to the next
+    (Ada's and Blackwell's among them), so it is tried, on a 32 x 32 product of rows of different scales and a bias,
+    against float32 arithmetic on the same rounded operands."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(2 * MULTIPLE, 2 * MULTIPLE, generator=generator) * torch.logspace(-1, 1, 2 * MULTIPLE)[:, None]
+    bias = torch.randn(2 * MULTIPLE, generator=generator).to(torch.bfloat16)
     try:
-        q, scale = rowwise(a)
-        out = torch.empty(MULTIPLE, MULTIPLE, dtype=torch.bfloat16, device=device)
-        _scaled_mm(q, scale, q.t(), scale.view(1, -1), out, torch.zeros(MULTIPLE, dtype=torch.bfloat16, device=device))
-        torch.cuda.synchronize(device)
+        a_q, a_scale = rowwise(a.to(device))
+        out = torch.empty(2 * MULTIPLE, 2 * MULTIPLE, dtype=torch.bfloat16, device=device)
+        _scaled_mm(a_q, a_scale, a_q.t(), a_scale.view(1, -1), out, bias.to(device))
+        wide = a_q.float() * a_scale
+        want = (wide @ wide.t()).cpu() + bias.float()
+        got = out.float().cpu()
+    except torch.OutOfMemoryError:
+        raise  # not an answer about the GPU (and not kept as one)
     except Exception as err:  # noqa: BLE001 (the reason goes into the record: any failure means off)
-        return f"torch's rowwise FP8 matmul fails on this GPU: {str(err).splitlines()[0][:200]}"
+        return f"the rowwise FP8 matmul fails on this GPU: {str(err).splitlines()[0][:200]}"
+    if not torch.allclose(got, want, rtol=1e-2, atol=1e-2):  # bf16's rounding of the output is 2**-9 of it
+        return "the rowwise FP8 matmul gives wrong products on this GPU"
     return None
 
 
 class _LastRounding:
-    """The last tensor :meth:`Fp8Weight._matmul` rounded, and its rounding: a layer's q, k and v projections (and its
+    """The last input :meth:`Fp8Weight.linear` rounded, and its rounding: a layer's q, k and v projections (and its
     gate and up) read one input, which is then rounded once, not once each. Keyed by the tensor itself (a weak
     reference) and its version counter, so that a tensor changed in place, or freed and its memory reused, is rounded
-    again; one entry, so that at most one rounded input is held beyond its use."""
+    again (writes that bypass the version counter, such as ``.data`` or a graph's replay into a kept tensor, would not
+    be seen: no projection's input is written so); the rounding is let go with its input, so that none is held beyond
+    it. Inference tensors have no version counter: they are rounded every time."""
 
     def __init__(self):
-        self.ref, self.version, self.rounded = None, -1, None
+        self.clear()
+
+    def clear(self, ref: weakref.ref | None = None) -> None:
+        if ref is None or ref is self.ref:  # (a weak reference's callback: only for the input it was made for)
+            self.ref, self.version, self.rounded = None, -1, None
 
     def get(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return self.rounded if self.ref is not None and self.ref() is t and t._version == self.version else None
+        if self.ref is None or self.ref() is not t or t.is_inference():
+            return None
+        return self.rounded if t._version == self.version else None
 
     def put(self, t: torch.Tensor, rounded: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.ref, self.version, self.rounded = weakref.ref(t), t._version, rounded
+        if not t.is_inference():
+            self.ref, self.version, self.rounded = weakref.ref(t, self.clear), t._version, rounded
 
 
 _LAST = _LastRounding()
+
+
+def forget_rounding() -> None:
+    """Let go of the last input's rounding (at a case's end: nothing of one case is held into the next)."""
+    _LAST.clear()
 
 
 class Fp8Weight:
@@ -117,7 +151,7 @@ class Fp8Weight:
     def linear(self, x: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x W^T + bias`` in ``dtype``; ``x`` (..., in), ``bias`` (out,) in ``dtype`` (added by the matmul's epilogue,
         not by a pass of its own)."""
-        return self._matmul(x, self.forward_q, self.forward_scale, dtype, bias)
+        return self._matmul(x, self.forward_q, self.forward_scale, dtype, bias, share=True)
 
     def grad_input(self, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``g W`` in ``dtype``; ``g`` (rows, out)."""
@@ -125,16 +159,19 @@ class Fp8Weight:
 
     @staticmethod
     def _matmul(a: torch.Tensor, q: torch.Tensor, q_scale: torch.Tensor, dtype: torch.dtype,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
+                bias: torch.Tensor | None = None, share: bool = False) -> torch.Tensor:
         """``a q^T + bias`` (q's rows scaled by ``q_scale``), into a new tensor of ``a``'s leading shape: not a view,
-        which the projection's autograd function could not hand out for in-place use."""
+        which the projection's autograd function could not hand out for in-place use. ``share``: ``a``'s rounding is
+        shared with the next call on the same tensor (:class:`_LastRounding`; gradients are not shared: each
+        projection has its own)."""
         lead, k, n = a.shape[:-1], a.shape[-1], q.shape[0]
         rows = a.numel() // k
         short = -rows % MULTIPLE  # rows padded with zeros to a multiple of 16, cut off again after
-        rounded = _LAST.get(a)
+        rounded = _LAST.get(a) if share else None
         if rounded is None:
             rounded = rowwise(_padded_rows(a, short))
-            _LAST.put(a, rounded)
+            if share:
+                _LAST.put(a, rounded)
         out = torch.empty(*lead, n, dtype=dtype, device=a.device)
         into = out.view(rows, n) if not short else torch.empty(rows + short, n, dtype=dtype, device=a.device)
         _scaled_mm(*rounded, q.t(), q_scale, into, bias)

@@ -6,7 +6,8 @@ model (compiled layers, fused LoRA projections); the Trainer and the training re
 (liger's config, gradient checkpointing, CUDA graphs and their batch shapes). The record keeps ``plan.facts()``, and
 the table reads those facts.
 
-Each lever has its off switch in the spec's ``train`` table and a test that it computes what the plain path does.
+Each lever has its off switch in the spec's ``train`` table and a test that it computes what the plain path does
+(FP8's, which does not, that it differs only by its rounding; its F1 was checked against bf16 with seeds).
 The order of the decisions matters where one lever's memory is another's: the 4-bit weights are kept dequantized
 only where they fit beside the step's activations without checkpointing, so keeping them never turns checkpointing
 on.
@@ -197,15 +198,15 @@ class _Case:
         "auto": on Hopper GPUs, for the projections large enough to gain (fp8.pays)."""
         setting = self.t.fp8_matmuls
         shapes = lora_kernels.frozen_shapes(self.bases)
-        chosen = [s for s in shapes if fp8.pays(s)] if setting == "auto" else shapes
-        why = self.triton_off(setting) or ("needs fused LoRA" if not fused.on else None) or (
-            fp8.unsupported(chosen, self.device, auto=setting == "auto"))
+        chosen = [s for s in shapes if fp8.chooser(setting)(s)]
+        why = self.triton_off(setting) or ("needs fused LoRA" if not fused.on else None)
         if why is None and self.dtype != torch.bfloat16:  # torch._scaled_mm writes rowwise-scaled products in bf16
             why = f"{dtype_name(self.dtype)} compute"
         if why is None and not keep.on:
             why = "needs 4-bit weights kept dequantized"
         if why is None and not chosen:
             why = f"auto: no projection with both dimensions of at least {fp8.PAYS_FROM}"
+        why = why or fp8.unsupported(chosen, self.device, auto=setting == "auto")  # last: it tries a matmul on the GPU
         if why is not None:
             return Lever(False, why)
         moved = sum(s.numel() for s in chosen) * self.dtype.itemsize  # two float8 layouts in place of one bf16 copy
@@ -299,14 +300,14 @@ def apply(accel: AccelPlan, spec, built) -> None:
     if accel.fused_lora.on:
         keep = compute_dtype(spec) if accel.keep_dequantized.on else None
         seed = seeded_dropout.DropoutSeed(next(built.model.parameters()).device) if accel.seeded_dropout else None
-        fp8_for = None
-        if accel.fp8_matmuls.on:  # "auto": the projections that pay, as the plan counted them; else every one
-            fp8_for = fp8.pays if spec.train.fp8_matmuls == "auto" else (lambda shape: True)
+        fp8_for = fp8.chooser(spec.train.fp8_matmuls) if accel.fp8_matmuls.on else None  # as the plan counted them
         lora_kernels.install(built.model, keep, accel.block_scales.on, seed, accel.fused_lora_backward.on, fp8_for)
         built.model.nerbench_dropout_seed = seed  # drawn at the start of every graphed step (cuda_graphs.py)
 
 
 def restore() -> None:
     """Undo what :func:`apply` changed for the whole process rather than the model (the rotary embedding's swap in
-    the model's modeling module): before a case's levers are applied, and when the case ends."""
+    the model's modeling module; FP8's last rounding, held for the next projection): before a case's levers are
+    applied, and when the case ends."""
     rope.restore_all()
+    fp8.forget_rounding()
