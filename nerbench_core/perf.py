@@ -49,6 +49,8 @@ VARIANTS = {
     "fp8": ("the default with every frozen weight's matmuls in FP8 (fp8_matmuls on, not only where auto finds they "
             "pay)",
             ["--backend", "hf", "--set", "fp8_matmuls=true"]),
+    "bnb-without-syncs": ("the default with bitsandbytes' optimizer step unsynchronized (bnb_without_syncs on)",
+                          ["--backend", "hf", "--set", "bnb_without_syncs=true"]),
     "padded": ("the default with padded batches (packed_sequences off)",
                ["--backend", "hf", "--set", "packed_sequences=false"]),
     "no-liger": ("the default without liger-kernel's fused RMSNorm and SwiGLU", ["--backend", "hf", "--set", "fused_kernels=false"]),

@@ -100,6 +100,10 @@ class TrainConfig:
     # (accel/graphed_generation.py): the same tokens as transformers' generate, without a launch from Python for
     # every kernel of every step. Only on CUDA and the hf backend; elsewhere generate runs.
     graphed_generation: bool = True
+    # bitsandbytes' optimizer step without its device synchronization after each parameter (accel/bnb_step.py), for
+    # its unpaged optimizers on CUDA (the 14B's 8-bit AdamW: 561 synchronizations a step): the same kernels in the same
+    # order. Off until measured and tested on a GPU (docs/PERFORMANCE.md, section 6).
+    bnb_without_syncs: bool = False
 
     def __post_init__(self) -> None:
         problems = [f"{k} = {getattr(self, k)!r}: {why}" for k, ok, why in (
@@ -273,6 +277,7 @@ class ModelSpec:
             d.pop("context_sentences")
         if d["train"]["graphed_generation"]:  # a field added later, at its default: earlier records' hashes stay
             d["train"].pop("graphed_generation")
+        d["train"].pop("bnb_without_syncs")  # the same arithmetic either way
         if d["method"] != "qlora" or d["train"]["fp8_matmuls"] is not True:
             # the same, at false (its first default) and at "auto", which is bf16 but for large projections on Hopper
             # GPUs: a choice of the hardware's, as the other levers' "auto" (the record says what was decided); FP8

@@ -7,7 +7,7 @@ source docs/gpu/lib.sh
 # (docs/PERFORMANCE.md, section 6)
 step tests python -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_seeded_dropout.py tests/test_decoder.py \
   tests/test_lora_kernels.py tests/test_triton_kernels.py tests/test_measurement.py tests/test_saved_case.py tests/test_generative.py \
-  tests/test_packing.py tests/test_fp8.py
+  tests/test_packing.py tests/test_fp8.py tests/test_bnb_step.py
 step bench-plain python -m pytest bench --synthetic --suite seed -k bert-base-cased --quick --rerun -p no:cacheprovider \
   --set max_steps=30 --results-dir $R/plain
 step bench-xdist python -m pytest bench --synthetic --suite seed -k "bert-base-cased or qwen1.5-0.5b" --quick --rerun \

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..precision import compute_dtype, dtype_name, weights_dtype
-from . import (compiling, cuda_graphs, fp8, graphed_generation, liger, lora_kernels, memory, packing, rope,
+from . import (bnb_step, compiling, cuda_graphs, fp8, graphed_generation, liger, lora_kernels, memory, packing, rope,
                seeded_dropout)
 
 
@@ -46,6 +46,7 @@ class AccelPlan:
     packed_sequences: Lever  # training batches as one row of sentences, attention per sentence (no padding between)
     sdpa_without_cudnn: Lever  # SDPA's shape-agnostic kernels instead of cuDNN's, which re-plans for every shape
     graphed_generation: Lever  # the generative paradigm's decoding steps replayed from CUDA graphs
+    bnb_without_syncs: Lever  # bitsandbytes' optimizer step without a synchronization after each parameter
     free_bytes: int | None = None  # the memory the plan was made with
 
     @property
@@ -83,7 +84,8 @@ def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
                      block_scales=case.block_scales(fused, keep), gradient_checkpointing=checkpointing,
                      cuda_graphs=case.cuda_graphs(checkpointing, fused), packed_sequences=case.packed_sequences(keep),
                      sdpa_without_cudnn=case.sdpa(),
-                     graphed_generation=case.graphed_generation(), free_bytes=case.free)
+                     graphed_generation=case.graphed_generation(), bnb_without_syncs=case.bnb_without_syncs(),
+                     free_bytes=case.free)
 
 
 class _Case:
@@ -273,6 +275,12 @@ class _Case:
     def graphed_generation(self) -> Lever:
         why = ("head paradigm" if self.spec.paradigm != "generative" else self.not_ours(self.t.graphed_generation)
                or ("no CUDA" if not self.cuda else None))
+        return Lever(why is None, why or "asked for")
+
+    def bnb_without_syncs(self) -> Lever:
+        """On CUDA, for bitsandbytes' unpaged optimizers (the training recipe applies it around the Trainer's run)."""
+        why = ("not asked for" if not self.t.bnb_without_syncs else "no CUDA" if not self.cuda
+               else bnb_step.unsupported(self.t.optimizer))
         return Lever(why is None, why or "asked for")
 
     def sdpa(self) -> Lever:

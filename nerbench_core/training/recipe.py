@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import TrainingArguments
 
+from ..accel import bnb_step
 from ..accel.cuda_graphs import GraphedSteps
 from ..accel.plan import AccelPlan
 from ..features import EncodedSplit
@@ -86,7 +87,8 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     model.zero_grad = trainer.zero_trained_grads  # an instance attribute shadows Module.zero_grad while training
     t0 = time.perf_counter()
     try:
-        with optimizer_overrides_scoped():
+        unsynced = bnb_step.without_syncs() if accel.bnb_without_syncs.on else contextlib.nullcontext()
+        with optimizer_overrides_scoped(), unsynced:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         del model.zero_grad
