@@ -188,11 +188,16 @@ def _selected_specs(config) -> dict:
 
 
 def _selected(config, cases: list[tuple[str, object]]) -> list[tuple[str, object]]:
-    """The cases -k and -m will leave, worked out before collection with pytest's own expressions on each case's test
-    name (``test_ner[ID]`` in ``bench/test_ner.py``) and marks (``bench`` and its family); every case where an
-    expression does not parse (pytest reports that itself)."""
+    """The cases this run will keep, worked out before collection: the cases named on the command line
+    (``test_ner.py::test_ner[ID]``) where any are, less --deselect's, then pytest's own -k and -m expressions on each
+    case's keywords (its test name, module and folder, and its marks ``bench`` and its family) and marks. Every case
+    where an expression does not parse (pytest reports that itself)."""
     from _pytest.mark.expression import Expression  # pytest's -k and -m language (pytest is pinned)
 
+    whole = [arg for arg in config.args if "::" not in arg]  # folders and files: every case of them
+    named = set() if whole else _named_ids(config.args)
+    dropped = _named_ids(config.getoption("deselect") or [])
+    cases = [(i, s) for i, s in cases if (not named or i in named) and i not in dropped]
     try:
         keyword, marks = (Expression.compile(e) if e else None
                           for e in (config.getoption("keyword"), config.getoption("markexpr")))
@@ -200,11 +205,16 @@ def _selected(config, cases: list[tuple[str, object]]) -> list[tuple[str, object
         return cases
 
     def kept(case_id: str, spec) -> bool:
-        names = (f"test_ner[{case_id}]", "test_ner.py", "bench", config.rootpath.name, spec.family)
+        names = (f"test_ner[{case_id}]", "test_ner.py", "bench", spec.family)
         return (keyword is None or keyword.evaluate(lambda part, **_: any(part.lower() in n.lower() for n in names))) \
-            and (marks is None or marks.evaluate(lambda mark, **_: mark in ("bench", spec.family)))
+            and (marks is None or marks.evaluate(lambda mark, **args: not args and mark in ("bench", spec.family)))
 
     return [(case_id, spec) for case_id, spec in cases if kept(case_id, spec)]
+
+
+def _named_ids(node_ids) -> set[str]:
+    """The case ids of node ids such as ``bench/test_ner.py::test_ner[qwen1.5-7b]``."""
+    return {arg.split("::test_ner[", 1)[1].removesuffix("]") for arg in node_ids if "::test_ner[" in arg}
 
 
 def _spec_of(item):
@@ -263,7 +273,8 @@ def _reckon_expected(config) -> dict[str, float]:
     # (none known on an xdist worker, which has not read it, nor where it cannot be had)
     dataset = session.case_dataset(loaded) if isinstance(loaded, NerDataset) else None
     try:
-        return session.expected_seconds(_cases(config), device, use_records=not shard, dataset=dataset)
+        return session.expected_seconds(_selected(config, _cases(config)), device, use_records=not shard,
+                                        dataset=dataset)
     except (pytest.UsageError, SpecError):  # said when the cases are collected
         return {}
 

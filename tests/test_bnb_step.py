@@ -34,7 +34,8 @@ def test_the_lever_is_asked_for_and_needs_cuda_and_an_unpaged_bitsandbytes_optim
         assert lever(cuda=True, bnb_without_syncs=True, optimizer=other).why == (
             f"optimizer {other}: not one of bitsandbytes' unpaged ones")
     # the same arithmetic: the switch leaves run keys as they were
-    assert dataclasses.replace(spec, train=dataclasses.replace(spec.train, bnb_without_syncs=True)).hash() == spec.hash()
+    unsynced = dataclasses.replace(spec, train=dataclasses.replace(spec.train, bnb_without_syncs=True))
+    assert unsynced.hash() == spec.hash()
 
 
 def test_the_synchronization_is_left_out_only_on_the_default_stream_and_put_back_after(monkeypatch):
@@ -59,11 +60,32 @@ def test_the_synchronization_is_left_out_only_on_the_default_stream_and_put_back
     assert bnb_optimizer.sync_gpu is record
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes' optimizers run on CUDA")
-def test_steps_without_the_synchronizations_give_the_same_parameters():
-    """Three 8-bit AdamW steps on LoRA-shaped parameters, the gradients written by kernels queued just before each step
-    (as a replayed graph's are): bit for bit the parameters of the synchronized steps."""
+def test_a_bitsandbytes_step_goes_through_the_name_the_lever_replaces(monkeypatch):
+    """A real 8-bit AdamW step (bitsandbytes' CPU kernels) asks the patched name once a parameter: the lever reaches
+    the synchronization it means to leave out (here, off CUDA, it hands the call on)."""
     import bitsandbytes as bnb
+
+    calls = []
+    monkeypatch.setattr(bnb_optimizer, "sync_gpu", calls.append)
+    params = [torch.randn(16, 64, requires_grad=True), torch.randn(64, 16, requires_grad=True)]
+    optimizer = bnb.optim.AdamW8bit(params, lr=1e-3, min_8bit_size=1)
+    with bnb_step.without_syncs():
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape)
+            optimizer.step()
+    assert len(calls) == 6 and all(optimizer.state[p]["state1"].dtype == torch.uint8 for p in params)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the synchronizations left out are CUDA's")
+def test_steps_without_the_synchronizations_give_the_same_parameters(monkeypatch):
+    """Three 8-bit AdamW steps on LoRA-shaped parameters, the gradients written by kernels queued just before each step
+    (as a replayed graph's are): bit for bit the parameters of the synchronized steps, with none of their 48
+    synchronizations."""
+    import bitsandbytes as bnb
+
+    synchronize, syncs = torch.cuda.synchronize, []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(1) or synchronize(device))
 
     def train(unsynced: bool) -> list[torch.Tensor]:
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -75,8 +97,13 @@ def test_steps_without_the_synchronizations_give_the_same_parameters():
                 for p in params:
                     p.grad = torch.randn(p.shape, device="cuda", generator=g).mul_(2).sin_()
                 optimizer.step()
-        torch.cuda.synchronize()
+        assert all(optimizer.state[p]["state1"].dtype == torch.uint8 for p in params)  # 8-bit states
         return [p.detach().clone() for p in params]
 
-    for synced, unsynced in zip(train(False), train(True)):
-        assert torch.equal(synced, unsynced)
+    synced = train(False)
+    made = len(syncs)
+    assert made >= 48  # one a parameter a step
+    unsynced = train(True)
+    assert len(syncs) == made
+    for a, b in zip(synced, unsynced):
+        assert torch.equal(a, b)

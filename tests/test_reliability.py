@@ -117,6 +117,28 @@ def test_set_is_checked_against_the_cases_k_and_m_select(bench):
         assert result.ret == 0 and "test_ner[tiny-dec]" in out and "tiny-bert" not in out, result.stderr.str()[-2000:]
 
 
+@pytest.mark.parametrize("args, options, kept", [
+    (["bench"], {}, ["bert", "dec-a", "dec-b"]),
+    (["bench/test_ner.py::test_ner[dec-a]"], {}, ["dec-a"]),
+    (["bench", "bench/test_ner.py::test_ner[dec-a]"], {}, ["bert", "dec-a", "dec-b"]),  # the folder: all its cases
+    (["bench"], {"deselect": ["bench/test_ner.py::test_ner[bert]"]}, ["dec-a", "dec-b"]),
+    (["bench"], {"keyword": "dec and not dec-b"}, ["dec-a"]),
+    (["bench"], {"keyword": "test_ner.py"}, ["bert", "dec-a", "dec-b"]),
+    (["bench"], {"markexpr": "decoder"}, ["dec-a", "dec-b"]),
+    (["bench"], {"markexpr": "bench(x=1)"}, []),  # no mark of a case has arguments
+    (["bench"], {"keyword": "dec and"}, ["bert", "dec-a", "dec-b"]),  # pytest itself says the expression is wrong
+])
+def test_the_cases_checked_before_training_are_those_pytest_will_select(args, options, kept):
+    from types import SimpleNamespace
+
+    from nerbench_core.plugin import _selected
+
+    config = SimpleNamespace(args=args, getoption=lambda name: options.get(name))
+    cases = [(name, SimpleNamespace(family="encoder" if name == "bert" else "decoder"))
+             for name in ("bert", "dec-a", "dec-b")]
+    assert [case_id for case_id, _ in _selected(config, cases)] == kept
+
+
 def test_stray_json_in_the_results_folder_is_passed_over_with_one_warning(bench):
     pytester, data, model = bench
     results = pytester.path / "results"

@@ -28,8 +28,9 @@ def unsupported(optimizer: str) -> str | None:
 
 @contextlib.contextmanager
 def without_syncs():
-    """While the block runs, bitsandbytes' optimizer steps synchronize the device only where the current stream is not
-    the default one, on which their kernels run (then the synchronization is what orders them after the gradients)."""
+    """While the block runs, bitsandbytes' optimizer steps leave out their synchronization after each parameter where
+    the current stream is the default one, on which their kernels run; elsewhere they keep it, as bitsandbytes has it.
+    It replaces a module's name for the process: one training at a time (as nerbench trains), restored after."""
     import bitsandbytes.optim.optimizer as optimizer_module
 
     synchronize = optimizer_module.sync_gpu
