@@ -144,13 +144,14 @@ def _start(config) -> _Run:
     git_commit(CODE_DIR)  # the code's commit as this run starts: records carry it, whatever happens later
     options = startup.run_options(config, shared_by)
     checked_here = startup.bench_requested(config) and not is_worker(config)  # workers: the controller checked
+    selected = _selected_specs(config) if checked_here else {}
     if checked_here:
-        startup.check_before_training(config, options, _selected_specs(config))
+        startup.check_before_training(config, options, selected)
     opt = config.getoption
     baselines = Baselines.load(opt("--compare"), opt("--compare-fail")) if opt("--compare") else None
     session = Session(options, Path(opt("--results-dir")).resolve(), rerun=opt("--rerun"), baselines=baselines)
     session.progress = _progress_sink(config) if options.progress else None
-    return _Run(session, startup.load_data(config, options, _selected_specs(config)) if checked_here else None)
+    return _Run(session, startup.load_data(config, options, selected) if checked_here else None)
 
 
 # ---------------------------------------------------------------- the cases

@@ -200,7 +200,8 @@ class _Case:
         "auto": on Hopper GPUs, for the projections large enough to gain (fp8.pays)."""
         setting = self.t.fp8_matmuls
         shapes = lora_kernels.frozen_shapes(self.bases)
-        chosen = [s for s in shapes if fp8.chooser(setting)(s)]
+        takes = fp8.chooser(setting)
+        chosen = [s for s in shapes if takes(s)]
         why = self.triton_off(setting) or ("needs fused LoRA" if not fused.on else None)
         if why is None and self.dtype != torch.bfloat16:  # torch._scaled_mm writes rowwise-scaled products in bf16
             why = f"{dtype_name(self.dtype)} compute"
