@@ -28,7 +28,7 @@ VARIANTS = {
                  ["--backend", "hf", "--set", "group_by_length=false", "--set", "batch_size=16",
                   "--set", "max_tokens_per_batch=0", "--set", "fused_kernels=false", "--set", "fused_lora=false",
                   "--set", "cuda_graphs=false", "--set", "fused_rope=false", "--set", "packed_sequences=false",
-                  "--set", "gradient_checkpointing=true"]),
+                  "--set", "gradient_checkpointing=true", "--set", "bnb_without_syncs=false"]),
     "default": ("nerbench's default for the case (its suite spec)", ["--backend", "hf"]),
     "fast": ("the default with 4,096-token batches (the decoders' default before it was measured to cost F1)",
              ["--backend", "hf", "--set", "batch_size=4096", "--set", "max_tokens_per_batch=4096"]),
@@ -49,8 +49,9 @@ VARIANTS = {
     "fp8": ("the default with every frozen weight's matmuls in FP8 (fp8_matmuls on, not only where auto finds they "
             "pay)",
             ["--backend", "hf", "--set", "fp8_matmuls=true"]),
-    "bnb-without-syncs": ("the default with bitsandbytes' optimizer step unsynchronized (bnb_without_syncs on)",
-                          ["--backend", "hf", "--set", "bnb_without_syncs=true"]),
+    "bnb-synced": ("the default with bitsandbytes' optimizer step synchronizing after each parameter, as bitsandbytes "
+                   "has it (bnb_without_syncs off)",
+                   ["--backend", "hf", "--set", "bnb_without_syncs=false"]),
     "padded": ("the default with padded batches (packed_sequences off)",
                ["--backend", "hf", "--set", "packed_sequences=false"]),
     "no-liger": ("the default without liger-kernel's fused RMSNorm and SwiGLU", ["--backend", "hf", "--set", "fused_kernels=false"]),

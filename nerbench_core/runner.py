@@ -56,7 +56,7 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
 
         # 3. words -> model inputs (labels on first sub-tokens, or prompts and targets), long sentences in windows
         decoder = accel_plan.decoder(accel, spec, memory)
-        task = task_for(spec, built, dataset, decoder)
+        task = task_for(spec, built, dataset, decoder, memory)
 
         def evaluate_dev(model) -> dict:  # "predictions": kept by the dev selection for the kept epoch
             dev = task.predict(model, "dev")

@@ -36,6 +36,7 @@ class TrainConfig:
     learning_rate: float = 5e-5
     epochs: float = 3.0
     batch_size: int = 32
+    # sentences a prediction batch holds at most; the head paradigm takes fewer where the memory would not hold them
     eval_batch_size: int = 64
     max_length: int = 128  # sub-tokens, special tokens included; longer sentences are split into windows
     warmup_ratio: float = 0.1
@@ -102,8 +103,8 @@ class TrainConfig:
     graphed_generation: bool = True
     # bitsandbytes' optimizer step without its device synchronization after each parameter (accel/bnb_step.py), for
     # its unpaged optimizers on CUDA (the 14B's 8-bit AdamW: 561 synchronizations a step): the same kernels in the same
-    # order. Off until measured and tested on a GPU (docs/PERFORMANCE.md, section 6).
-    bnb_without_syncs: bool = False
+    # order, so the same parameters bit for bit (GPU test), without the GPU idling while each next update is launched.
+    bnb_without_syncs: bool = True
 
     def __post_init__(self) -> None:
         problems = [f"{k} = {getattr(self, k)!r}: {why}" for k, ok, why in (

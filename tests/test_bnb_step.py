@@ -26,7 +26,7 @@ def test_the_lever_is_asked_for_and_needs_cuda_and_an_unpaged_bitsandbytes_optim
         case.cuda = cuda
         return case.bnb_without_syncs()
 
-    assert not spec.train.bnb_without_syncs and lever().why == "not asked for"
+    assert spec.train.bnb_without_syncs and lever(bnb_without_syncs=False).why == "not asked for"
     assert lever(cuda=False, bnb_without_syncs=True, optimizer="adamw_bnb_8bit").why == "no CUDA"
     on = lever(cuda=True, bnb_without_syncs=True, optimizer="adamw_bnb_8bit")
     assert (on.on, on.why) == (True, "asked for")
@@ -34,8 +34,8 @@ def test_the_lever_is_asked_for_and_needs_cuda_and_an_unpaged_bitsandbytes_optim
         assert lever(cuda=True, bnb_without_syncs=True, optimizer=other).why == (
             f"optimizer {other}: not one of bitsandbytes' unpaged ones")
     # the same arithmetic: the switch leaves run keys as they were
-    unsynced = dataclasses.replace(spec, train=dataclasses.replace(spec.train, bnb_without_syncs=True))
-    assert unsynced.hash() == spec.hash()
+    synced = dataclasses.replace(spec, train=dataclasses.replace(spec.train, bnb_without_syncs=False))
+    assert synced.hash() == spec.hash()
 
 
 def test_the_synchronization_is_left_out_only_on_the_default_stream_and_put_back_after(monkeypatch):

@@ -21,7 +21,8 @@ def test_seed_suite_is_bert_and_five_qwen_models():
     # the 14B keeps the decoder defaults it does not override, and fits a 12 GB card by its own
     assert (qwen14.train.max_tokens_per_batch, qwen14.train.optimizer) == (1024, "adamw_bnb_8bit")
     assert qwen14.train.gradient_checkpointing == "auto" and qwen14.lora.r == 16  # on for a 12 GB card
-    assert (qwen7.train.eval_batch_size, qwen14.train.eval_batch_size) == (256, 64)
+    # prediction batches up to 1,024 sentences, cut by the memory where a card is small (prediction/head.py)
+    assert (bert.train.eval_batch_size, qwen7.train.eval_batch_size, qwen14.train.eval_batch_size) == (1024,) * 3
     quick = qwen7.for_run(quick=True)  # --quick trains on 1,000 sentences: small batches there
     assert (quick.train.batch_size, quick.train.max_tokens_per_batch, quick.train.epochs) == (16, 0, 1)
 

@@ -1,5 +1,5 @@
-"""bitsandbytes' optimizer step without a device synchronization after each parameter (``bnb_without_syncs``; off by
-default: not yet run on a GPU).
+"""bitsandbytes' optimizer step without a device synchronization after each parameter (``bnb_without_syncs``, on by
+default; ``--set bnb_without_syncs=false`` keeps bitsandbytes' own step).
 
 Why: bitsandbytes 0.50's ``Optimizer8bit.step`` (the base of its 8-bit and 32-bit optimizers) calls
 ``torch.cuda.synchronize()`` after every parameter's update. Those synchronizations serve its paged states, whose

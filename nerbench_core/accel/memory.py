@@ -1,4 +1,5 @@
-"""Whether a training step's activations fit beside the model, which decides ``gradient_checkpointing = "auto"``.
+"""Whether a training step's activations fit beside the model, which decides ``gradient_checkpointing = "auto"``; and
+how many tokens a prediction batch may hold (``prediction_tokens``).
 
 Gradient checkpointing keeps only each layer's input and recomputes the layer in the backward pass: it saves
 most activation memory and costs a second forward pass. Where the memory is there, it is pure loss: on one
@@ -22,11 +23,40 @@ MARGIN = 1.25  # estimate error, allocator fragmentation
 RESERVE_BYTES = 2 * 2**30  # optimizer states of the trained weights, dequantization buffers, the loss
 
 
+# Prediction (no gradients) holds one layer's values at a time: its input and the residual, the normed input, q, k, v
+# and the attention output (about 8 per hidden unit with FP8's rounded copies) and the MLP's gate, up and their
+# product (3 per MLP unit).
+PREDICT_PER_HIDDEN_UNIT = 8
+PREDICT_PER_MLP_UNIT = 3
+# Of the memory new tensors can take after training, what a prediction batch may: half, and on CUDA no more than
+# training's own peak left above what is held now, so that prediction does not raise a case's peak (a small card's
+# fit is training's) and does not count on the free blocks of CUDA graphs' private pool, which it cannot use.
+PREDICT_SHARE = 0.5
+
+
+def _widths(config) -> tuple[int, int]:
+    """A layer's hidden and MLP widths."""
+    return config.hidden_size, getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+
+
+def _hidden_size(config) -> int | None:
+    return getattr(config, "hidden_size", None) if config is not None else None
+
+
 def activation_bytes(config, tokens: int, bytes_per_value: int = 2) -> int:
     """Activation memory of one step of ``tokens`` tokens without gradient checkpointing."""
-    hidden = config.hidden_size
-    mlp = getattr(config, "intermediate_size", None) or 4 * hidden
+    hidden, mlp = _widths(config)
     return tokens * config.num_hidden_layers * (PER_HIDDEN_UNIT * hidden + PER_MLP_UNIT * mlp) * bytes_per_value
+
+
+def prediction_tokens(config, free_bytes: int | None, bytes_per_value: int = 2) -> int | None:
+    """The most tokens (padding included) a prediction batch's forward pass has room for in ``free_bytes``, with the
+    margin; None where that cannot be known."""
+    if _hidden_size(config) is None or free_bytes is None:  # a config of another shape: no limit but the rows
+        return None
+    hidden, mlp = _widths(config)
+    per_token = (PREDICT_PER_HIDDEN_UNIT * hidden + PREDICT_PER_MLP_UNIT * mlp) * bytes_per_value
+    return max(1, int(free_bytes / MARGIN) // per_token)
 
 
 @dataclass(frozen=True)
@@ -76,6 +106,20 @@ class DeviceMemory:
         if free is None or not torch.cuda.is_available():
             return free
         return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+
+    def prediction_tokens(self, config, bytes_per_value: int = 2) -> int | None:
+        """The most tokens a prediction batch may hold now: :func:`prediction_tokens` of its room (PREDICT_SHARE)."""
+        import torch
+
+        reusable = self.reusable_bytes()
+        if reusable is None:
+            return prediction_tokens(config, None, bytes_per_value)
+        room = int(reusable * PREDICT_SHARE)
+        if torch.cuda.is_available():
+            below_peak = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
+            if below_peak > 0:  # zero before anything has run: the share alone
+                room = min(room, below_peak)
+        return prediction_tokens(config, room, bytes_per_value)
 
 
 def capped(free: int, cap: int | None, reserved: int) -> int:

@@ -26,7 +26,11 @@ class Predictions:
 
 @torch.no_grad()
 def predict_tags(model, split: EncodedSplit, id2label: dict[int, str], collate, batch_size: int,
-                 autocast_dtype: torch.dtype | None = None) -> Predictions:
+                 autocast_dtype: torch.dtype | None = None, max_tokens: int | None = None) -> Predictions:
+    """Tags for every word of ``split``: batches of up to ``batch_size`` examples in length order, and of at most
+    ``max_tokens`` tokens with their padding (what the memory holds: :func:`accel.memory.prediction_tokens`); a batch
+    that still runs out of memory is tried again with half its rows, and the batches after it hold at most half its
+    tokens."""
     was_training = model.training
     model.eval()
     device = next(p.device for p in model.parameters())
@@ -39,15 +43,26 @@ def predict_tags(model, split: EncodedSplit, id2label: dict[int, str], collate, 
                 else contextlib.nullcontext())
     start = time.perf_counter()
     queued = []  # (examples, their best label ids on the device)
-    for b in range(0, len(order), batch_size):
-        chunk = [split.examples[i] for i in order[b: b + batch_size]]
+    rows_cap, b = batch_size, 0
+    while b < len(order):
+        chunk = _next_batch(split, order, b, rows_cap, max_tokens)
         batch = collate([{k: v for k, v in e.as_features().items() if k != "labels"} for e in chunk])
-        with autocast:
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits
+        try:
+            with autocast:
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device)).logits
+        except torch.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+            logits = None  # handled below, outside the handler, whose traceback holds the failed pass's tensors
+        if logits is None:  # the memory estimate was short: half the rows and tokens, again
+            rows_cap, max_tokens = len(chunk) // 2, batch["input_ids"].numel() // 2
+            torch.cuda.empty_cache()
+            continue
         # left on the device: copying them back now would make the host wait for this batch before it can prepare
         # and queue the next one
         queued.append((chunk, logits.argmax(-1)))
+        b += len(chunk)
     for chunk, best in queued:
         for e, row in zip(chunk, best.tolist()):
             for j, pos in enumerate(e.first_tokens):
@@ -56,3 +71,16 @@ def predict_tags(model, split: EncodedSplit, id2label: dict[int, str], collate, 
     model.train(was_training)
     assert all(t is not None for sent in tags for t in sent), "a word received no prediction"
     return Predictions(tags, seconds, split.n_sentences / seconds if seconds > 0 else 0.0)  # type: ignore[arg-type]
+
+
+def _next_batch(split: EncodedSplit, order: list[int], start: int, rows: int, max_tokens: int | None) -> list:
+    """The examples from ``start`` in ``order`` (ascending length): up to ``rows`` of them, fewer where the batch
+    padded to its longest would exceed ``max_tokens`` (at least one)."""
+    end = min(len(order), start + rows)
+    if max_tokens is not None:
+        # the batch's longest is its last: the most rows n with n * length(start + n - 1) <= max_tokens
+        n = 1
+        while start + n < end and (n + 1) * len(split.examples[order[start + n]].input_ids) <= max_tokens:
+            n += 1
+        end = start + n
+    return [split.examples[i] for i in order[start:end]]

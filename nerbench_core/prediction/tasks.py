@@ -50,8 +50,9 @@ class Task:
 
 
 class HeadTask(Task):
-    def __init__(self, spec: ModelSpec, built, dataset: NerDataset):
+    def __init__(self, spec: ModelSpec, built, dataset: NerDataset, memory=None):
         super().__init__(spec, built, dataset)
+        self.memory = memory  # accel.memory.DeviceMemory: how many tokens a prediction batch may hold; None: no limit
         self.id2label = dict(enumerate(dataset.labels))
         label2id = {label: i for i, label in self.id2label.items()}
         encoder = WordEncoder(built.tokenizer, spec.train.max_length, context=spec.context_sentences)
@@ -59,14 +60,22 @@ class HeadTask(Task):
         self.collate = DataCollatorForTokenClassification(built.tokenizer, return_tensors="pt")
 
     def predict(self, model, name: str) -> Predictions:
+        dtype = autocast_dtype(self.spec)
+        # batches of eval_batch_size sentences, fewer where their forward pass would not fit in the memory left; its
+        # values in the wider of the compute dtype and the weights' (a float32 model's residual stays float32 under
+        # autocast)
+        value_bytes = max(dtype.itemsize if dtype else 0, next(model.parameters()).dtype.itemsize)
+        max_tokens = (None if self.memory is None
+                      else self.memory.prediction_tokens(getattr(model, "config", None), value_bytes))
         return predict_tags(model, self.splits[name], self.id2label, self.collate, self.spec.train.eval_batch_size,
-                            autocast_dtype(self.spec))
+                            dtype, max_tokens)
 
 
-def task_for(spec: ModelSpec, built, dataset: NerDataset, decoder=None) -> Task:
-    """``decoder``: the generative paradigm's greedy decoding where the speed plan gives one."""
+def task_for(spec: ModelSpec, built, dataset: NerDataset, decoder=None, memory=None) -> Task:
+    """``decoder``: the generative paradigm's greedy decoding where the speed plan gives one; ``memory``: what the head
+    paradigm's prediction batches may take."""
     if spec.paradigm == "generative":
         from .generative import GenerativeTask
 
         return GenerativeTask(spec, built, dataset, decoder)
-    return HeadTask(spec, built, dataset)
+    return HeadTask(spec, built, dataset, memory)
