@@ -184,6 +184,24 @@ def test_records_name_the_commit_the_run_started_from(tmp_path, monkeypatch):
     (repo / "f").write_text("2")
     git("commit", "-qam", "two")  # the checkout moves on while the run goes on
     assert records.git_commit(repo) == first and first["commit"] and first["dirty"] is False
+    assert first["diff_sha256"] is None
+
+
+def test_a_dirty_checkouts_record_names_the_hash_of_its_changes(tmp_path):
+    import hashlib
+
+    from nerbench_core.reporting import environment
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["add", "f"], ["commit", "-qm", "one"]):
+        (repo / "f").write_text("1\n")
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                       capture_output=True)
+    (repo / "f").write_text("2\n")
+    state = environment.git_commit(repo)
+    diff = subprocess.run(["git", "diff", "HEAD"], cwd=repo, capture_output=True, check=True).stdout
+    assert state["dirty"] is True and state["diff_sha256"] == hashlib.sha256(diff).hexdigest()[:16]
 
 
 def test_report_exports_every_format_and_refuses_unknown_ones(tmp_path, capsys):

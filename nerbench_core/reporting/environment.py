@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import socket
@@ -26,12 +27,16 @@ def _git_state(cwd: str | None) -> tuple:
             out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        return out.stdout.strip() if out.returncode == 0 else None
+        return out.stdout if out.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return (("commit", commit), ("dirty", bool(dirty) if dirty is not None else None),
-            ("branch", git("rev-parse", "--abbrev-ref", "HEAD")))
+    commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    # A dirty checkout's commit does not say what ran: the hash of its changes does (`git diff HEAD | sha256sum`
+    # gives the same), so two records with the same one ran the same tracked code.
+    diff = git("diff", "HEAD") if dirty else None
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    return (("commit", commit and commit.strip()), ("dirty", bool(dirty.strip()) if dirty is not None else None),
+            ("diff_sha256", hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None),
+            ("branch", branch and branch.strip()))
 
 
 def versions(packages: Iterable[str] = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
