@@ -34,6 +34,7 @@ class _Run:
     unavailable: list = field(default_factory=list)  # (nodeid, reason) of cases that could not run here
     baselines_saved: Path | None = None
     expected: dict | None = None  # a case's pytest id -> its expected seconds (scheduling.py)
+    selected: list | None = None  # (pytest id, spec) of the cases -k and -m select, worked out once; None on workers
 
 
 def pytest_addoption(parser):
@@ -144,14 +145,15 @@ def _start(config) -> _Run:
     git_commit(CODE_DIR)  # the code's commit as this run starts: records carry it, whatever happens later
     options = startup.run_options(config, shared_by)
     checked_here = startup.bench_requested(config) and not is_worker(config)  # workers: the controller checked
-    selected = _selected_specs(config) if checked_here else {}
+    selected = _selected(config, _cases(config)) if checked_here else None
     if checked_here:
-        startup.check_before_training(config, options, selected)
+        startup.check_before_training(config, options, _by_name(selected))
     opt = config.getoption
     baselines = Baselines.load(opt("--compare"), opt("--compare-fail")) if opt("--compare") else None
     session = Session(options, Path(opt("--results-dir")).resolve(), rerun=opt("--rerun"), baselines=baselines)
     session.progress = _progress_sink(config) if options.progress else None
-    return _Run(session, startup.load_data(config, options, selected) if checked_here else None)
+    return _Run(session, startup.load_data(config, options, _by_name(selected)) if checked_here else None,
+                selected=selected)
 
 
 # ---------------------------------------------------------------- the cases
@@ -182,10 +184,10 @@ def _cases(config) -> list[tuple[str, object]]:
     return cases
 
 
-def _selected_specs(config) -> dict:
-    """The specs of the cases -k and -m select, by name: what the checks before training and the data's check read
-    (an option may not fit a case left out, such as --set attention=bidirectional for BERT)."""
-    return {spec.name: spec for _, spec in _selected(config, _cases(config))}
+def _by_name(cases: list[tuple[str, object]]) -> dict:
+    """The specs of ``cases`` by name: what the checks before training and the data's check read (the selected
+    cases': an option may not fit a case left out, such as --set attention=bidirectional for BERT)."""
+    return {spec.name: spec for _, spec in cases}
 
 
 def _selected(config, cases: list[tuple[str, object]]) -> list[tuple[str, object]]:
@@ -274,8 +276,9 @@ def _reckon_expected(config) -> dict[str, float]:
     # (none known on an xdist worker, which has not read it, nor where it cannot be had)
     dataset = session.case_dataset(loaded) if isinstance(loaded, NerDataset) else None
     try:
-        return session.expected_seconds(_selected(config, _cases(config)), device, use_records=not shard,
-                                        dataset=dataset)
+        cases = _run(config).selected
+        return session.expected_seconds(cases if cases is not None else _selected(config, _cases(config)), device,
+                                        use_records=not shard, dataset=dataset)
     except (pytest.UsageError, SpecError):  # said when the cases are collected
         return {}
 
@@ -295,7 +298,8 @@ def ner_dataset(request):
     dataset = _run(request.config).dataset
     if dataset is None:  # an xdist worker: the controller has read and cached it
         try:
-            dataset = load_data(request.config, _session(request.config).options, _selected_specs(request.config))
+            dataset = load_data(request.config, _session(request.config).options,
+                                _by_name(_selected(request.config, _cases(request.config))))
         except StartupError as err:
             raise pytest.UsageError(str(err)) from None
     if isinstance(dataset, str):  # unavailable, and --skip-unavailable

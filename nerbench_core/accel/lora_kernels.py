@@ -117,8 +117,7 @@ def keep_scales(bases: list[nn.Module], free_bytes: int | None) -> bool:
 
 def dequantized_bytes(bases: list[nn.Module], dtype: torch.dtype) -> int:
     """The memory of the 4-bit layers' weights dequantized to ``dtype``."""
-    return sum(torch.Size(b.weight.quant_state.shape).numel() * dtype.itemsize
-               for b in bases if getattr(b.weight, "quant_state", None))
+    return sum(frozen_shape(b).numel() * dtype.itemsize for b in bases if getattr(b.weight, "quant_state", None))
 
 
 def keep_weights(setting: bool | str, bases: list[nn.Module], dtype: torch.dtype, room: int | None) -> bool:

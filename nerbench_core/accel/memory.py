@@ -39,10 +39,6 @@ def _widths(config) -> tuple[int, int]:
     return config.hidden_size, getattr(config, "intermediate_size", None) or 4 * config.hidden_size
 
 
-def _hidden_size(config) -> int | None:
-    return getattr(config, "hidden_size", None) if config is not None else None
-
-
 def activation_bytes(config, tokens: int, bytes_per_value: int = 2) -> int:
     """Activation memory of one step of ``tokens`` tokens without gradient checkpointing."""
     hidden, mlp = _widths(config)
@@ -52,7 +48,7 @@ def activation_bytes(config, tokens: int, bytes_per_value: int = 2) -> int:
 def prediction_tokens(config, free_bytes: int | None, bytes_per_value: int = 2) -> int | None:
     """The most tokens (padding included) a prediction batch's forward pass has room for in ``free_bytes``, with the
     margin; None where that cannot be known."""
-    if _hidden_size(config) is None or free_bytes is None:  # a config of another shape: no limit but the rows
+    if getattr(config, "hidden_size", None) is None or free_bytes is None:  # (another config's shape: rows alone)
         return None
     hidden, mlp = _widths(config)
     per_token = (PREDICT_PER_HIDDEN_UNIT * hidden + PREDICT_PER_MLP_UNIT * mlp) * bytes_per_value
@@ -113,7 +109,7 @@ class DeviceMemory:
 
         reusable = self.reusable_bytes()
         if reusable is None:
-            return prediction_tokens(config, None, bytes_per_value)
+            return None
         room = int(reusable * PREDICT_SHARE)
         if torch.cuda.is_available():
             below_peak = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
