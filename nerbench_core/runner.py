@@ -4,6 +4,7 @@ This is the only training path; every model, method, paradigm, attention mode an
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -49,14 +50,16 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
     load_seconds = time.perf_counter() - t0
     if report:
         report({"event": "loaded", "seconds": load_seconds})
+    laps: dict[str, float] = {}  # seconds of the case's parts that no other clock times
     try:
         # 2. the speed levers, decided in one place, then installed
-        accel = accel_plan.plan(spec, built, memory)
-        accel_plan.apply(accel, spec, built)
+        with timed(laps, "prepare_seconds"):
+            accel = accel_plan.plan(spec, built, memory)
+            accel_plan.apply(accel, spec, built)
 
-        # 3. words -> model inputs (labels on first sub-tokens, or prompts and targets), long sentences in windows
-        decoder = accel_plan.decoder(accel, spec, memory)
-        task = task_for(spec, built, dataset, decoder, memory)
+            # 3. words -> model inputs (labels on first sub-tokens, or prompts and targets), long sentences in windows
+            decoder = accel_plan.decoder(accel, spec, memory)
+            task = task_for(spec, built, dataset, decoder, memory)
 
         def evaluate_dev(model) -> dict:  # "predictions": kept by the dev selection for the kept epoch
             dev = task.predict(model, "dev")
@@ -80,7 +83,8 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         test = task.predict(built.model, "test")
         if not dataset.entities("test"):
             warnings.warn(f"{spec.name}: the test split has no entities: test F1 is undefined")
-        test_metrics = score(task.gold("test"), test.tags, docs=[s.doc for s in dataset["test"]])
+        with timed(laps, "scoring_seconds"):
+            test_metrics = score(task.gold("test"), test.tags, docs=[s.doc for s in dataset["test"]])
         if test.parse is not None:
             test_metrics["parse"] = test.parse
         if opts.save_models:
@@ -90,11 +94,12 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         # before the interruption: then F1 may differ from its dev_history entry by the kernels' nondeterminism),
         # scored in full
         dev_predictions = outcome.best_predictions or task.predict(built.model, "dev")
-        dev_best = score(task.gold("dev"), dev_predictions.tags, interval=False)
+        with timed(laps, "scoring_seconds"):
+            dev_best = score(task.gold("dev"), dev_predictions.tags, interval=False)
 
         # 7. the record
         measured = measure(built, spec, task, outcome, test, load_seconds, opts)
-        measured.update(cost.peak_memory(), gpu_allocated_at_start_gib=held_at_start,
+        measured.update(laps, **cost.peak_memory(), gpu_allocated_at_start_gib=held_at_start,
                         resumed_from=outcome.resumed_from, gpu_memory_cap_bytes=memory.cap_bytes,
                         case_seconds=time.perf_counter() - t0)  # build, encoding, training, scoring, checkpoints
         levers = accel.facts()
@@ -116,6 +121,16 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
     finally:
         accel_plan.restore()
         release(built)
+
+
+@contextlib.contextmanager
+def timed(laps: dict[str, float], key: str):
+    """Adds the seconds the block takes to ``laps[key]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        laps[key] = laps.get(key, 0.0) + time.perf_counter() - t0
 
 
 def effective_spec(spec: ModelSpec, opts: RunOptions) -> ModelSpec:
@@ -187,6 +202,7 @@ def measure(built: Built, spec: ModelSpec, task, outcome, test, load_seconds: fl
         "padding_fraction": outcome.padding_fraction,
         "dev_eval_seconds": sum(h["seconds"] for h in outcome.dev_history),
         "checkpoint_seconds": outcome.checkpoint_seconds,  # not in train_seconds
+        "trainer_setup_seconds": outcome.setup_seconds,  # the Trainer built, batches planned; not in train_seconds
         **({"graph_first_steps_seconds": outcome.first_steps_seconds}  # in train_seconds
            if outcome.first_steps_seconds is not None else {}),
         "test_eval_seconds": test.seconds,

@@ -365,6 +365,11 @@ def test_run_case_runs_a_generative_spec_and_records_parse_counts_and_generation
     assert parse["sentences"] == len(dataset["test"]) and "malformed" in parse
     assert record.cost["test_generated_tokens_per_second"] > 0
     assert [len(t) for t in result.predictions["test"].pred] == [len(s.words) for s in dataset["test"]]
+    from nerbench_core.reporting.table import CASE_PARTS  # each part of the case timed, none twice
+
+    parts = [record.cost[k] for k in CASE_PARTS]
+    assert min(parts) >= 0 and record.cost["scoring_seconds"] > 0
+    assert sum(parts) <= record.cost["case_seconds"]
 
 
 @pytest.fixture

@@ -163,6 +163,12 @@ def test_time_table_gives_each_case_its_share_of_the_suite():
     assert rows[-1][headers.index("case s")] == "240.0 (4.0 min)"
     assert [r[headers.index("first steps s")] for r in rows] == ["9.0", "3.0", ""]  # part of train s
     assert [r[headers.index("checkpoints s")] for r in rows] == ["0.5", "0.5", ""]
+    assert [r[headers.index("rest s")] for r in rows] == ["", "", ""]  # not every part timed: no rest to show
+    for r in records:
+        r.cost.update(prepare_seconds=0.3, trainer_setup_seconds=0.1, scoring_seconds=0.1)
+    headers, rows = time_rows(records)
+    # 180 - (2 + 0.3 + 0.1 + 170 + 5 + 0.5 + 1.5 + 0.1), and 60 - (... + 50 + ...)
+    assert [r[headers.index("rest s")] for r in rows] == ["0.5", "0.5", ""]
 
 
 def test_records_name_the_commit_the_run_started_from(tmp_path, monkeypatch):

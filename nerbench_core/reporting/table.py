@@ -333,8 +333,24 @@ def render_cost(records: list[RunRecord], baseline: str | None = None, fmt: str 
     return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
+# the parts of a case's time, each timed apart (records before they were all timed lack some, and show no rest)
+CASE_PARTS = ("load_seconds", "prepare_seconds", "trainer_setup_seconds", "train_seconds", "dev_eval_seconds",
+              "checkpoint_seconds", "test_eval_seconds", "scoring_seconds")
+
+
+def _rest(row: Row) -> str:
+    """What no part's clock timed: the record itself, predictions kept for saving, Python between the parts."""
+    parts = [row.cost(k) for k in CASE_PARTS]
+    if row.cost("case_seconds") is None or any(p is None for p in parts):
+        return ""
+    return f"{row.cost('case_seconds') - sum(parts):,.1f}"
+
+
 TIME_COLUMNS: list[Column] = [
     Column("build s", _fixed("load_seconds", 1), ("time",)),
+    # the speed levers installed and the splits encoded; then the Trainer built and its batches planned
+    Column("prepare s", _fixed("prepare_seconds", 1), ("time",)),
+    Column("trainer s", _fixed("trainer_setup_seconds", 1), ("time",)),
     Column("train s", _fixed("train_seconds", 1), ("time",)),
     # of training's time: each CUDA graph shape's first step, trained eagerly (in a fresh process with Triton's
     # compilations), and its capture
@@ -342,6 +358,9 @@ TIME_COLUMNS: list[Column] = [
     Column("dev eval s", _fixed("dev_eval_seconds", 1), ("time",)),
     Column("checkpoints s", _fixed("checkpoint_seconds", 1), ("time",)),
     Column("test eval s", _fixed("test_eval_seconds", 1), ("time",)),
+    # seqeval's metrics of test (with its bootstrap interval) and of the kept epoch's dev predictions
+    Column("scoring s", _fixed("scoring_seconds", 1), ("time",)),
+    Column("rest s", _rest, ("time",)),
     Column("case s", _fixed("case_seconds", 1), ("time",)),
 ]
 

@@ -43,6 +43,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     ``select_on_dev`` false: keep the last epoch (a dev split without entities). ``report`` takes live progress
     events; ``report_to`` names the Trainer's loggers (tensorboard, wandb, mlflow, or none).
     """
+    started = time.perf_counter()
     # 0. the LoRA dropout's step seed, where graphed steps recompute checkpointed layers (accel.plan.apply made it)
     seed = getattr(model, "nerbench_dropout_seed", None)
     if accel.seeded_dropout and seed is None:  # without it every step would draw the same masks
@@ -86,6 +87,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     synchronize()
     model.zero_grad = trainer.zero_trained_grads  # an instance attribute shadows Module.zero_grad while training
     t0 = time.perf_counter()
+    setup_seconds = t0 - started
     try:
         unsynced = bnb_step.without_syncs() if accel.bnb_without_syncs.on else contextlib.nullcontext()
         with optimizer_overrides_scoped(), unsynced:
@@ -110,6 +112,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
         cuda_graphs=graphs.describe() if graphs else "",
         checkpoint_seconds=saving.seconds,
         first_steps_seconds=graphs.first_seconds if graphs else None,
+        setup_seconds=setup_seconds,
     )
 
 
@@ -129,6 +132,7 @@ class TrainOutcome:
     cuda_graphs: str = ""  # how many batch shapes were captured, or why a capture failed
     checkpoint_seconds: float = 0.0  # writing the epochs' checkpoints (not in ``seconds``)
     first_steps_seconds: float | None = None  # of ``seconds``, the first step of each graphed shape and its capture
+    setup_seconds: float = 0.0  # the Trainer built, batches planned, a checkpoint looked for (not in ``seconds``)
 
     @property
     def tokens_per_second(self) -> float:
