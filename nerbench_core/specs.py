@@ -105,10 +105,6 @@ class TrainConfig:
     # its unpaged optimizers on CUDA (the 14B's 8-bit AdamW: 561 synchronizations a step): the same kernels in the same
     # order, so the same parameters bit for bit (GPU test), without the GPU idling while each next update is launched.
     bnb_without_syncs: bool = True
-    # Gradient clipping and the optimizer's step recorded into the training steps' CUDA graphs after the backward
-    # (accel/cuda_graphs.py, GraphedUpdate), where the optimizer is torch's fused AdamW: the Trainer's own clipping
-    # and step, without their launches from Python each step. Its learning rate is read from a float32 tensor.
-    graphed_optimizer: bool = True
 
     def __post_init__(self) -> None:
         problems = [f"{k} = {getattr(self, k)!r}: {why}" for k, ok, why in (
@@ -283,8 +279,6 @@ class ModelSpec:
         if d["train"]["graphed_generation"]:  # a field added later, at its default: earlier records' hashes stay
             d["train"].pop("graphed_generation")
         d["train"].pop("bnb_without_syncs")  # the same arithmetic either way
-        if d["train"]["graphed_optimizer"]:  # a field added later, at its default: earlier records' hashes stay
-            d["train"].pop("graphed_optimizer")
         if d["method"] != "qlora" or d["train"]["fp8_matmuls"] is not True:
             # the same, at false (its first default) and at "auto", which is bf16 but for large projections on Hopper
             # GPUs: a choice of the hardware's, as the other levers' "auto" (the record says what was decided); FP8

@@ -239,9 +239,6 @@ def test_padding_a_batch_to_its_shape_changes_neither_loss_nor_gradients(qwen_di
 class EagerSteps:
     """GraphedSteps' interface, run eagerly: the Trainer's side of graphed steps, on a CPU."""
 
-    record_optimizer = False  # the Trainer's optimizer steps eagerly after each step...
-    stepped_norm = None  # ...unless a test says a replay stepped it
-
     def __init__(self):
         self.inputs: list[dict] = []
 
@@ -281,69 +278,3 @@ def test_the_trainers_graphed_step_computes_its_own_step(qwen_dir, tmp_path):
     torch.testing.assert_close(graphed_loss, loss)
     for got, want in zip(graphed_grads, grads):
         torch.testing.assert_close(got, want)
-
-
-def test_the_optimizer_goes_into_the_graphs_only_where_they_are_on_and_it_is_torchs_fused_adamw(qwen_dir, tmp_path):
-    spec = spec_for(qwen_dir, method="lora")
-    built = build(spec, ["O", "B-PER"], tmp_path)
-
-    def lever(**train):
-        return plan(dataclasses.replace(spec, train=dataclasses.replace(spec.train, **train)), built,
-                    DeviceMemory()).graphed_optimizer
-
-    assert spec.train.graphed_optimizer and lever(graphed_optimizer=False).why == "not asked for"
-    assert lever(cuda_graphs=False).why == "no CUDA graphs"
-    if torch.cuda.is_available():
-        assert lever().on
-        assert lever(optimizer="adamw_bnb_8bit").why == "adamw_bnb_8bit: only torch's fused AdamW is recorded"
-    else:
-        assert lever().why == "no CUDA graphs"
-
-
-def test_after_a_replay_that_stepped_the_trainer_skips_its_clipping_and_its_optimizer_step_once(qwen_dir, tmp_path,
-                                                                                                 monkeypatch):
-    """The Trainer's side of GraphedUpdate, on a CPU: the norm comes from the replay, the optimizer's step is not taken
-    a second time, and the step after is the Trainer's own again."""
-    dataset = load_conll_dir(make_conll_dir(tmp_path / "data", sizes=(16, 4, 4)))
-    spec = spec_for(qwen_dir, method="lora")
-    built = build(spec, dataset.labels, tmp_path)
-    rows = WordEncoder(built.tokenizer, spec.train.max_length).encode(
-        dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
-    args = training_arguments(spec, plan(spec, built, DeviceMemory()), tmp_path, epoch_steps=2, checkpoints=False)
-    graphs = EagerSteps()
-    trainer = NerTrainer(model=built.model, args=args, train_dataset=batching.ListDataset(rows),
-                         data_collator=batching.CountingCollator(built.tokenizer), graphs=graphs)
-    trainer.create_optimizer()
-    steps = []
-    monkeypatch.setattr(type(trainer.optimizer), "step", lambda *a, **k: steps.append(1))  # its own step, counted
-    graphs.stepped_norm = torch.tensor(3.0)
-    assert trainer._clip_grad_norm(built.model) is graphs.stepped_norm
-    trainer.optimizer.step()
-    assert steps == []  # skipped: the replay stepped
-    trainer.optimizer.step()
-    assert steps == [1]  # and only once
-
-
-@needs_cuda
-def test_the_optimizer_step_in_the_graphs_gives_the_eager_steps_parameters(qwen_dir, tmp_path):
-    """Two epochs through the Trainer with graphed steps, clipping and AdamW's step recorded into the graphs or run
-    eagerly after each replay: the same parameters (dropout off; clipping bites: a low max_grad_norm)."""
-    dataset = load_conll_dir(make_conll_dir(tmp_path / "data", sizes=(64, 16, 16)))
-    spec = spec_for(qwen_dir, method="lora")
-    spec = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0), train=dataclasses.replace(
-        spec.train, epochs=2, max_tokens_per_batch=128, batch_size=4096, learning_rate=1e-3))
-    results = {}
-    for on in (True, False):
-        run = dataclasses.replace(spec, train=dataclasses.replace(spec.train, graphed_optimizer=on))
-        torch.manual_seed(0)
-        built = build(run, dataset.labels, tmp_path)
-        without_dropout(built.model)
-        rows = WordEncoder(built.tokenizer, spec.train.max_length).encode(
-            dataset["train"], {l: i for i, l in enumerate(dataset.labels)})
-        before = {n: p.detach().clone() for n, p in built.model.named_parameters() if p.requires_grad}
-        outcome = train(built, run, rows, lambda m: {"f1": 0.5}, tmp_path / f"out-{on}")
-        assert ("with the optimizer's step" in outcome.cuda_graphs) == on, outcome.cuda_graphs
-        results[on] = {n: p.detach().clone() for n, p in built.model.named_parameters() if p.requires_grad}
-        assert outcome.steps > 10 and any(not torch.equal(results[on][n], before[n]) for n in before)
-    for name, want in results[False].items():
-        torch.testing.assert_close(results[True][name], want, rtol=1e-4, atol=1e-6, msg=name)

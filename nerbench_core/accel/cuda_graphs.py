@@ -20,10 +20,7 @@ How:
   at a time, so the memory inside a step is reused, and only each graph's inputs and loss stay apart.
 * The gradients accumulate in the graph into buffers that never move: the Trainer's ``zero_grad`` lets go of
   them after each optimizer step, and :meth:`GraphedSteps.step` zeroes and hands them back before the next.
-  The learning-rate schedule and dev scoring stay outside the graphs. Gradient clipping and the optimizer's step
-  follow the backward in the graph (``graphed_optimizer``, :class:`GraphedUpdate`) where the optimizer is torch's
-  fused AdamW: on a small model their launches from Python (a norm over each gradient, the clip, the step) cost the
-  host about as much as the replay itself; elsewhere they run eagerly after each replay.
+  The optimizer, gradient clipping, the learning-rate schedule and dev scoring stay outside the graphs, as ever.
 * Dropout in a graph draws from CUDA's generator as it does eagerly (graph-safe Philox offsets).
 
 * With gradient checkpointing (a card too small for the activations), the backward replays each layer's forward,
@@ -145,44 +142,6 @@ class Captured:
     graph: "torch.cuda.CUDAGraph"
     inputs: dict  # the graph reads these tensors: each batch of its shape is copied in
     loss: torch.Tensor  # and writes its loss here
-    grad_norm: torch.Tensor | None = None  # and the gradients' norm before clipping, where it steps the optimizer
-
-
-class GraphedUpdate:
-    """Gradient clipping and a fused AdamW step, recorded after the backward of each training step's graph.
-
-    The step is the Trainer's own: the same clipping (``max_norm``, all trained weights' norm) and the optimizer's
-    own ``step``, recorded with ``capturable`` on and each parameter group's learning rate read from a tensor on the
-    device, which :meth:`before_replay` sets from the group's float (the schedule keeps floats: the Trainer reads the
-    learning rate each step, which a tensor would make wait on the GPU). Outside a recording the groups are as the
-    Trainer made them. Adam's state is created by its first step; a recording before it would record the creation,
-    so no shape is recorded before the optimizer has stepped once (:meth:`ready`)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_norm: float):
-        self.optimizer, self.params, self.max_norm = optimizer, params, max_norm
-        device = params[0].device
-        self.lrs = [torch.tensor(float(g["lr"]), dtype=torch.float32, device=device) for g in optimizer.param_groups]
-
-    def ready(self) -> bool:
-        return all(p in self.optimizer.state for p in self.params)
-
-    def record(self) -> torch.Tensor:
-        """Inside a capture, after the backward: clip, step; the norm before clipping."""
-        norm = nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
-        groups = self.optimizer.param_groups
-        saved = [(g["lr"], g["capturable"]) for g in groups]
-        for g, lr in zip(groups, self.lrs):
-            g["lr"], g["capturable"] = lr, True
-        try:
-            self.optimizer.step()
-        finally:
-            for g, (lr, capturable) in zip(groups, saved):
-                g["lr"], g["capturable"] = lr, capturable
-        return norm
-
-    def before_replay(self) -> None:
-        for g, lr in zip(self.optimizer.param_groups, self.lrs):
-            lr.fill_(g["lr"])
 
 
 class GraphedSteps:
@@ -190,11 +149,8 @@ class GraphedSteps:
     ``dropout_seed``: where the LoRA dropout is keyed by a step seed (checkpointed layers), drawn at every step's
     start, inside the graph."""
 
-    def __init__(self, model: nn.Module, dropout_seed: DropoutSeed | None = None, record_optimizer: bool = False):
+    def __init__(self, model: nn.Module, dropout_seed: DropoutSeed | None = None):
         self.dropout_seed = dropout_seed
-        self.record_optimizer = record_optimizer  # the plan's graphed_optimizer: the Trainer then sets ``update``
-        self.update: GraphedUpdate | None = None  # the optimizer's step, recorded too (set once the optimizer exists)
-        self.stepped_norm: torch.Tensor | None = None  # the last step's norm, where its replay stepped the optimizer
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.grads = [torch.zeros_like(p) for p in self.params]  # at fixed addresses: the graphs write here
         self.stream = torch.cuda.Stream()
@@ -203,7 +159,6 @@ class GraphedSteps:
         self.replays = 0
         self.first_parts: dict[str, float] = {}  # seconds in each shape's first step: eager, capture, freeing
         self.failed: str | None = None  # why a capture failed: every step is eager from then on
-        self.deferred = 0  # first batches of a shape trained eagerly and not recorded (before the optimizer's state)
 
     def _attach_grads(self) -> None:
         if self.params and self.params[0].grad is not self.grads[0]:  # zero_grad let go of them
@@ -214,7 +169,6 @@ class GraphedSteps:
     def step(self, loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``loss_of(inputs)`` and its backward, the gradients added to the parameters' ``.grad``; the loss."""
         self._attach_grads()
-        self.stepped_norm = None
         if self.dropout_seed is not None:
             loss_of = self._seeded(loss_of)
         if self.failed:
@@ -228,12 +182,8 @@ class GraphedSteps:
         for k, v in inputs.items():
             if torch.is_tensor(v):
                 captured.inputs[k].copy_(v, non_blocking=True)
-        if captured.grad_norm is not None:
-            self.update.before_replay()
         captured.graph.replay()
         self.replays += 1
-        if captured.grad_norm is not None:
-            self.stepped_norm = captured.grad_norm.clone()
         return captured.loss.detach().clone()
 
     def _seeded(self, loss_of):
@@ -246,12 +196,7 @@ class GraphedSteps:
     def _first(self, key: tuple, loss_of, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Train on the first batch of a shape eagerly, on the stream the capture then uses (its warm-up: lazy
         initializations, Triton compilations), then record the same step into a graph: recording runs nothing,
-        so the batch is trained on once (the optimizer steps eagerly after it, as the Trainer does). Not before the
-        optimizer's first step where the graph records that step too: that shape is recorded at its next batch."""
-        if self.update is not None and not self.update.ready():
-            self.deferred += 1
-            with self._timed("eager"):
-                return eager_step(loss_of, inputs)
+        so the batch is trained on once."""
         static = {k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
         main = torch.cuda.current_stream()
         self.stream.wait_stream(main)
@@ -264,14 +209,13 @@ class GraphedSteps:
                     with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                         static_loss = loss_of(static)
                         static_loss.backward()
-                        norm = self.update.record() if self.update is not None else None
             except RuntimeError as err:
                 # a model whose forward waits on the GPU (.item(), data-dependent shapes) cannot be captured: it
                 # trains eagerly, and the record says why
                 self.failed = capture_failed(err, "CUDA graphs")
         main.wait_stream(self.stream)
         if not self.failed:
-            self.graphs[key] = Captured(graph, static, static_loss.detach(), norm)
+            self.graphs[key] = Captured(graph, static, static_loss.detach())
         # the eager step's blocks, cached for the side stream, are not needed again: free them for the graphs and
         # for dev scoring
         with self._timed("freeing"):
@@ -295,12 +239,10 @@ class GraphedSteps:
     @property
     def first_steps(self) -> int:
         """The steps trained as a shape's first (captured or not)."""
-        return len(self.graphs) + self.deferred + (1 if self.failed else 0)
+        return len(self.graphs) + (1 if self.failed else 0)
 
     def describe(self) -> str:
         if self.failed:
             return f"CUDA graphs failed, eager steps: {self.failed}"
         parts = ", ".join(f"{k} {v:.1f}" for k, v in self.first_parts.items())
-        stepping = ", with the optimizer's step" if self.update is not None else ""
-        return (f"CUDA graphs: {len(self.graphs)} batch shapes{stepping}; first steps {self.first_seconds:.1f} s "
-                f"({parts})")
+        return f"CUDA graphs: {len(self.graphs)} batch shapes; first steps {self.first_seconds:.1f} s ({parts})"

@@ -43,7 +43,6 @@ class AccelPlan:
     block_scales: Lever  # or only their block scales (double quantization), where the weights are not kept
     gradient_checkpointing: Lever
     cuda_graphs: Lever  # training steps replayed from CUDA graphs
-    graphed_optimizer: Lever  # gradient clipping and the optimizer's step replayed in those graphs too
     packed_sequences: Lever  # training batches as one row of sentences, attention per sentence (no padding between)
     sdpa_without_cudnn: Lever  # SDPA's shape-agnostic kernels instead of cuDNN's, which re-plans for every shape
     graphed_generation: Lever  # the generative paradigm's decoding steps replayed from CUDA graphs
@@ -79,13 +78,11 @@ def plan(spec, built, device_memory: memory.DeviceMemory) -> AccelPlan:
     fused = case.fused_lora()
     keep = case.keep_dequantized(fused)
     checkpointing = case.gradient_checkpointing(keep)
-    graphs = case.cuda_graphs(checkpointing, fused)
     return AccelPlan(liger=case.liger(), torch_compile=case.torch_compile(), fused_lora=fused,
                      fused_lora_backward=case.fused_lora_backward(fused), fused_rope=case.fused_rope(),
                      keep_dequantized=keep, fp8_matmuls=case.fp8_matmuls(fused, keep),
                      block_scales=case.block_scales(fused, keep), gradient_checkpointing=checkpointing,
-                     cuda_graphs=graphs, graphed_optimizer=case.graphed_optimizer(graphs),
-                     packed_sequences=case.packed_sequences(keep),
+                     cuda_graphs=case.cuda_graphs(checkpointing, fused), packed_sequences=case.packed_sequences(keep),
                      sdpa_without_cudnn=case.sdpa(),
                      graphed_generation=case.graphed_generation(), bnb_without_syncs=case.bnb_without_syncs(),
                      free_bytes=case.free)
@@ -257,14 +254,6 @@ class _Case:
                 why = f"gradient checkpointing with {other}"
         detail = "checkpointed layers, LoRA dropout seeded by step" if why is None and checkpointing.on else ""
         return Lever(why is None, why or "asked for", detail)
-
-    def graphed_optimizer(self, graphs: Lever) -> Lever:
-        """Where steps are graphed and the optimizer is torch's fused AdamW, which can record its step (bitsandbytes'
-        8-bit optimizers cannot: they read their state's scales on the host)."""
-        why = ("not asked for" if not self.t.graphed_optimizer else "no CUDA graphs" if not graphs.on
-               else None if self.t.optimizer == "adamw_torch_fused"
-               else f"{self.t.optimizer}: only torch's fused AdamW is recorded")
-        return Lever(why is None, why or "asked for")
 
     def packed_sequences(self, keep: Lever) -> Lever:
         """CUDA with torch's variable-length attention, in a 16-bit compute dtype; the head paradigm; a model whose

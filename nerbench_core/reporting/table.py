@@ -156,7 +156,6 @@ def setup(row: Row) -> str:
 LEVER_WORDS = {"gradient_checkpointing": "grad ckpt", "liger": "liger", "torch_compile": "compiled",
                "fused_lora": "fused LoRA", "fused_lora_backward": "LoRA grad kernel", "fused_rope": "RoPE kernel",
                "keep_dequantized": "dequantized once", "fp8_matmuls": "FP8 matmuls", "cuda_graphs": "graphs",
-               "graphed_optimizer": "optimizer in graphs",
                "packed_sequences": "packed", "graphed_generation": "graphed decoding",
                "bnb_without_syncs": "bnb step unsynced"}
 

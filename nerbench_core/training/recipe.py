@@ -55,8 +55,7 @@ def train(model: nn.Module, tokenizer, spec: ModelSpec, accel: AccelPlan, train_
     collator = CountingCollator(tokenizer, shapes, packed_longest)
     dataset = ListDataset(train_split)
     batches = token_budget_batches(spec, dataset.lengths, None if packed_longest else shapes)
-    graphs = (GraphedSteps(model, seed, record_optimizer=accel.graphed_optimizer.on)  # the steps replayed, where
-              if accel.cuda_graphs.on else None)  # planned
+    graphs = GraphedSteps(model, seed) if accel.cuda_graphs.on else None  # the steps replayed, where planned
 
     # 2. what is watched while it trains: dev selection, the loss, the rate after warm-up, progress, the profiler
     selection = BestOnDev(evaluate_dev, collator, by_f1=select_on_dev, report=report)

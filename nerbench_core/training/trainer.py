@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from ..accel.cuda_graphs import GraphedSteps, GraphedUpdate
+from ..accel.cuda_graphs import GraphedSteps
 from .batching import TokenBudgetBatches
 
 
@@ -42,24 +42,10 @@ class NerTrainer(Trainer):
             self._trainable = [p for p in model.parameters() if p.requires_grad]
         return self._trainable
 
-    def create_optimizer(self, model=None):
-        """The Trainer's optimizer; where the graphs record its step too (the plan's graphed_optimizer), they get it."""
-        optimizer = super().create_optimizer(model)
-        if self.graphs is not None and self.graphs.record_optimizer:
-            self.graphs.update = GraphedUpdate(optimizer, self.trained(self.model), self.args.max_grad_norm)
-        return optimizer
-
     def _clip_grad_norm(self, model):
         """Clip the gradients of the trained weights only: the same norm, without visiting every frozen one.
-        Private in transformers 5.17, and the only place the Trainer clips: no public hook covers it. After a replay
-        that clipped and stepped (GraphedUpdate), the norm it found, and the Trainer's optimizer step is skipped once."""
-        if self.graphs is not None and self.graphs.stepped_norm is not None:
-            self.optimizer.step = self._stepped_in_graph  # an instance attribute shadows the wrapper's step, once
-            return self.graphs.stepped_norm
+        Private in transformers 5.17, and the only place the Trainer clips: no public hook covers it."""
         return self.accelerator.clip_grad_norm_(self.trained(model), self.args.max_grad_norm)
-
-    def _stepped_in_graph(self, *args, **kwargs) -> None:
-        del self.optimizer.step
 
     def zero_trained_grads(self, set_to_none: bool = True) -> None:
         """``model.zero_grad()`` for the trained weights only (frozen ones have no gradients): the Trainer calls it
