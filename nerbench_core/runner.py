@@ -88,7 +88,8 @@ def run_case(spec: ModelSpec, dataset: NerDataset, opts: RunOptions,
         if test.parse is not None:
             test_metrics["parse"] = test.parse
         if opts.save_models:
-            save_case(built, spec, dataset.labels, opts.save_models / spec.name)
+            with timed(laps, "save_seconds"):
+                save_case(built, spec, dataset.labels, opts.save_models / spec.name)
 
         # 6. the kept epoch's dev predictions (predicted again, with its weights, where a resumed run scored that epoch
         # before the interruption: then F1 may differ from its dev_history entry by the kernels' nondeterminism),

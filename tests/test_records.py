@@ -166,9 +166,28 @@ def test_time_table_gives_each_case_its_share_of_the_suite():
     assert [r[headers.index("rest s")] for r in rows] == ["", "", ""]  # not every part timed: no rest to show
     for r in records:
         r.cost.update(prepare_seconds=0.3, trainer_setup_seconds=0.1, scoring_seconds=0.1)
+    records[0].cost["save_seconds"] = 0.4  # --save-models: the save is a part of its own
     headers, rows = time_rows(records)
-    # 180 - (2 + 0.3 + 0.1 + 170 + 5 + 0.5 + 1.5 + 0.1), and 60 - (... + 50 + ...)
-    assert [r[headers.index("rest s")] for r in rows] == ["0.5", "0.5", ""]
+    # largest first: 180 - (2 + 0.3 + 0.1 + 170 + 5 + 0.5 + 1.5 + 0.1); 60 - (... + 50 + ... + 0.4 saving)
+    assert [r[headers.index("rest s")] for r in rows] == ["0.5", "0.1", ""]
+    records[1].cost["resumed_from"] = "checkpoint-8"  # its dev scorings include the interrupted run's: no rest
+    headers, rows = time_rows(records)
+    assert [r[headers.index("rest s")] for r in rows] == ["", "0.1", ""]
+
+
+def test_a_part_timed_twice_adds_up_and_a_block_that_raises_is_timed():
+    import time
+
+    from nerbench_core.runner import timed
+
+    laps = {}
+    for _ in range(2):
+        with timed(laps, "scoring_seconds"):
+            time.sleep(0.02)
+    with pytest.raises(ValueError), timed(laps, "prepare_seconds"):
+        time.sleep(0.02)
+        raise ValueError
+    assert laps["scoring_seconds"] >= 0.04 and laps["prepare_seconds"] >= 0.02
 
 
 def test_records_name_the_commit_the_run_started_from(tmp_path, monkeypatch):

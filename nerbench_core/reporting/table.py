@@ -333,17 +333,22 @@ def render_cost(records: list[RunRecord], baseline: str | None = None, fmt: str 
     return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
-# the parts of a case's time, each timed apart (records before they were all timed lack some, and show no rest)
+# the parts of a case's time, each timed apart (records before they were all timed lack some, and show no rest);
+# SAVE_PART only where the case was saved (--save-models)
 CASE_PARTS = ("load_seconds", "prepare_seconds", "trainer_setup_seconds", "train_seconds", "dev_eval_seconds",
               "checkpoint_seconds", "test_eval_seconds", "scoring_seconds")
+SAVE_PART = "save_seconds"
 
 
 def _rest(row: Row) -> str:
-    """What no part's clock timed: the record itself, predictions kept for saving, Python between the parts."""
-    parts = [row.cost(k) for k in CASE_PARTS]
-    if row.cost("case_seconds") is None or any(p is None for p in parts):
+    """What no part's clock timed (Python between the parts), where every record of the row timed every part. Not for
+    a resumed run: its dev scorings include the interrupted run's, which its case time does not."""
+    timed_all = all(r.cost.get(k) is not None for r in row.records for k in (*CASE_PARTS, "case_seconds"))
+    if not timed_all or any(r.cost.get("resumed_from") for r in row.records):
         return ""
-    return f"{row.cost('case_seconds') - sum(parts):,.1f}"
+    rests = [r.cost["case_seconds"] - sum(r.cost[k] for k in CASE_PARTS) - r.cost.get(SAVE_PART, 0.0)
+             for r in row.records]
+    return f"{sum(rests) / len(rests):,.1f}"
 
 
 TIME_COLUMNS: list[Column] = [
